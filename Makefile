@@ -1,0 +1,34 @@
+# Two commands do all the set-up on a fresh machine:
+#   make quickstart   # venv + CPU torch + the package, then caption the bundled samples
+#   make test         # the same set-up plus test tools, then the whole test suite
+# GPU machines: see README ("Install") for the CUDA torch and flash-attn path.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+
+.PHONY: quickstart test lint install
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+quickstart: install
+	$(BIN)/python -m pipeline run jobs/quickstart.yaml
+
+test: install
+	$(BIN)/ruff check pipeline tests benchmarks
+	$(BIN)/ruff format --check pipeline tests benchmarks
+	$(BIN)/mypy pipeline
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check --fix pipeline tests benchmarks
+	$(BIN)/ruff format pipeline tests benchmarks

@@ -1,0 +1,310 @@
+"""The CPU stage: fetch, decode, tile and sample frames; emit uint8 tiles or a row error.
+
+A Ray Data callable class (heavy state in `__init__`, work in `__call__`). Each row
+becomes: its media type, the question with `<image>` placeholders for its images, the
+tiles of all its images concatenated as raw uint8 bytes (N x 448 x 448 x 3: four times
+smaller than float32 pixel values; the GPU stage normalises on the device), tiles per
+image, frame indices for videos, or `error_kind`/`error` when its input is bad. Rows are
+never dropped and the stage never raises for a bad input.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.actors.decode import decode_image, image_size
+from pipeline.actors.media_type import (
+    IMAGE,
+    TEXT,
+    VIDEO,
+    media_type_from_hint,
+    media_type_from_name,
+    sniff_media_type,
+)
+from pipeline.actors.tiling import TILE_SIZE, TileGrid, choose_grid, tile_image
+from pipeline.actors.video import decode_video
+from pipeline.errors import RowError, error_text
+from pipeline.prompts.tasks import question_for_row
+from pipeline.prompts.template import multi_image_query, single_image_query, video_query
+from pipeline.readers.manifest import (
+    END_S,
+    ID,
+    INLINE_BYTES,
+    MEDIA_HINT,
+    PASSTHROUGH_PREFIX,
+    ROW_PROMPT,
+    START_S,
+    URI,
+    URIS,
+)
+from pipeline.readers.media import fetch_bytes
+from pipeline.schema import require_columns
+from pipeline.spec import JobSpec
+from pipeline.storage import is_remote
+
+# Columns this stage adds; the GPU stage declares them as its inputs.
+MEDIA_TYPE, QUERY, TILES, NUM_TILES, TILES_PER_IMAGE, FRAME_INDICES = (
+    "media_type",
+    "query",
+    "tiles",
+    "num_tiles",
+    "tiles_per_image",
+    "frame_indices",
+)
+ERROR_KIND, ERROR, PREPROCESS_S = "error_kind", "error", "preprocess_s"
+
+PREPROCESS_SCHEMA = pa.schema(
+    [
+        (MEDIA_TYPE, pa.string()),
+        (QUERY, pa.string()),
+        (TILES, pa.large_binary()),
+        (NUM_TILES, pa.int32()),
+        (TILES_PER_IMAGE, pa.list_(pa.int32())),
+        (FRAME_INDICES, pa.list_(pa.int32())),
+        (ERROR_KIND, pa.string()),
+        (ERROR, pa.string()),
+        (PREPROCESS_S, pa.float64()),
+    ]
+)
+
+
+@dataclass
+class PreparedRow:
+    """What the CPU stage learned about one row."""
+
+    media_type: str | None = None
+    query: str | None = None
+    tiles: list[np.ndarray] = field(default_factory=list)
+    tiles_per_image: list[int] = field(default_factory=list)
+    frame_indices: list[int] | None = None
+    error_kind: str | None = None
+    error: str | None = None
+
+
+def per_image_tile_limit(max_tiles: int, max_tiles_total: int | None, num_images: int, use_thumbnail: bool) -> int:
+    """Grid tiles allowed per image so that a multi-image row stays within max_tiles_total.
+
+    The budget is split evenly (InternVL's own multi-image practice); a thumbnail counts
+    against it, so an image with budget b gets a grid of at most b - 1 tiles when b > 2.
+    """
+    if max_tiles_total is None or (num_images <= 1 and max_tiles_total >= max_tiles + int(use_thumbnail)):
+        return max_tiles
+    budget = max(1, max_tiles_total // max(1, num_images))
+    grid_limit = budget - 1 if use_thumbnail and budget > 2 else (1 if use_thumbnail and budget == 2 else budget)
+    return max(1, min(max_tiles, grid_limit))
+
+
+class Preprocessor:
+    """Pure row logic of the CPU stage, usable without Ray (tests, benchmarks, `plan`)."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self.pre = spec.preprocess
+        assert self.pre.max_tiles is not None, "resolve_spec() fills preprocess.max_tiles"
+
+    def _fetch(self, uri: str) -> bytes:
+        return fetch_bytes(uri, self.spec.storage, self.pre.max_file_bytes, self.pre.fetch_retries)
+
+    def _grid(self, width: int, height: int, max_tiles: int) -> TileGrid:
+        return choose_grid(width, height, self.pre.min_tiles, max_tiles, TILE_SIZE, self.pre.use_thumbnail)
+
+    def _tiles_for_image(self, data: bytes, max_tiles: int, prepared: PreparedRow) -> None:
+        """Decode and tile one image. With fast_decode the grid comes from the header's size (so the
+        tile count stays exact) and the JPEG decoder may scale down to just above the grid's size."""
+        draft = None
+        if self.pre.fast_decode and not self.pre.exif_transpose:
+            grid = self._grid(*image_size(data), max_tiles)
+            draft = (TILE_SIZE * grid.cols, TILE_SIZE * grid.rows)
+        image = decode_image(data, self.pre.max_image_pixels, self.pre.exif_transpose, draft)
+        if draft is None:
+            grid = self._grid(image.width, image.height, max_tiles)
+        tiles = tile_image(image, grid, TILE_SIZE)
+        prepared.tiles.append(tiles)
+        prepared.tiles_per_image.append(len(tiles))
+
+    def _video(self, row: dict[str, Any], source: str | bytes, prepared: PreparedRow) -> None:
+        """Sample and tile the frames of a clip given as a local path or as its bytes."""
+        from PIL import Image
+
+        video = decode_video(source, self.pre.num_frames, _bound(row.get(START_S), row.get(END_S)))
+        for frame in video.frames:
+            image = Image.fromarray(frame)
+            grid = choose_grid(
+                image.width, image.height, 1, self.pre.tiles_per_frame, TILE_SIZE, self.pre.use_thumbnail
+            )
+            tiles = tile_image(image, grid, TILE_SIZE)
+            prepared.tiles.append(tiles)
+            prepared.tiles_per_image.append(len(tiles))
+        prepared.frame_indices = video.indices
+
+    def _local_video_path(self, uri: str) -> str:
+        """The path decord should open for a local clip, after the checks a fetch would make."""
+        path = uri[len("file://") :] if uri.startswith("file://") else uri
+        if not os.path.exists(path):
+            raise RowError("missing", f"{uri} does not exist")
+        if os.path.isdir(path):
+            raise RowError("is_directory", f"{uri} is a directory, not a file")
+        size = os.path.getsize(path)
+        if size == 0:
+            raise RowError("empty_file", f"{uri} is empty (0 bytes)")
+        if size > self.pre.max_file_bytes:
+            raise RowError("too_large", f"{uri} has {size} bytes, more than preprocess.max_file_bytes")
+        if not os.access(path, os.R_OK):
+            raise RowError("access_denied", f"{uri} may not be read")
+        return path
+
+    def _media_type(self, row: dict[str, Any], uri: str | None, head: bytes | None) -> str | None:
+        """The row's media type from its hint, its name, or (if given) its first bytes."""
+        hint = row.get(MEDIA_HINT)
+        kind = media_type_from_hint(hint)
+        if hint and kind is None:
+            raise RowError("unknown_media", f"media type {hint!r} is not 'image', 'video' or 'text'")
+        if kind is None and uri:
+            kind = media_type_from_name(uri)
+        if kind is None and head is not None:
+            kind = sniff_media_type(head[:64])
+            if kind is None:
+                raise RowError("decode_error", f"{uri or 'the inline bytes'}: not a recognised image or video format")
+        if kind == "audio":
+            raise RowError("unknown_media", f"{uri or 'the row'} is audio, not an image or video")
+        return kind
+
+    def prepare(self, row: dict[str, Any]) -> PreparedRow:
+        """Process one manifest row; never raises for a bad input."""
+        prepared = PreparedRow()
+        try:
+            self._prepare(row, prepared)
+        except RowError as error:
+            prepared.tiles, prepared.tiles_per_image, prepared.frame_indices = [], [], None
+            prepared.error_kind, prepared.error = error.kind, error_text(error.kind, error.message)
+        return prepared
+
+    def _prepare(self, row: dict[str, Any], prepared: PreparedRow) -> None:
+        uri = row.get(URI)
+        uri = uri.strip() if isinstance(uri, str) and uri.strip() else None
+        uris = [u for u in (row.get(URIS) or []) if isinstance(u, str) and u.strip()]
+        inline = row.get(INLINE_BYTES)
+        row_prompt = row.get(ROW_PROMPT)
+        columns = {k[len(PASSTHROUGH_PREFIX) :]: v for k, v in row.items() if k.startswith(PASSTHROUGH_PREFIX)}
+        columns.update({k: v for k, v in row.items() if not k.startswith("_")})
+
+        if uri is None and inline is None and uris:
+            self._multi_image(uris, prepared)
+            question = question_for_row(self.spec, IMAGE, row_prompt, columns)
+            prepared.query = multi_image_query(question, len(uris)) if len(uris) > 1 else single_image_query(question)
+            return
+        if uri is None and inline is None:
+            hint = self._media_type(row, None, None)
+            if hint not in (None, TEXT) or not (row_prompt or self.spec.task.kind == "custom"):
+                raise RowError("empty_uri", "the row has no uri, no inline bytes and no prompt of its own")
+            prepared.media_type, prepared.query = TEXT, question_for_row(self.spec, TEXT, row_prompt, columns)
+            return
+
+        data: bytes | None = bytes(inline) if inline is not None else None
+        kind = self._media_type(row, uri, data)
+        if kind is None:  # nothing in the name: look at the bytes
+            assert uri is not None
+            data = self._fetch(uri)
+            kind = self._media_type(row, uri, data)
+        if kind == TEXT:
+            raise RowError("bad_row", f"the row is marked text but has media ({uri or 'inline bytes'})")
+        prepared.media_type = kind
+        if kind == VIDEO:
+            if data is None:
+                assert uri is not None
+                source: str | bytes = self._fetch(uri) if is_remote(uri) else self._local_video_path(uri)
+            else:
+                source = data
+            self._video(row, source, prepared)
+            prepared.query = video_query(
+                question_for_row(self.spec, VIDEO, row_prompt, columns), len(prepared.tiles_per_image)
+            )
+            return
+        if data is None:
+            assert uri is not None
+            data = self._fetch(uri)
+        self._tiles_for_image(data, self.pre.max_tiles or 12, prepared)
+        prepared.query = single_image_query(question_for_row(self.spec, IMAGE, row_prompt, columns))
+
+    def _multi_image(self, uris: list[str], prepared: PreparedRow) -> None:
+        """Tile each image of a multi-image row, in list order, within the row's tile budget."""
+        prepared.media_type = IMAGE
+        limit = per_image_tile_limit(
+            self.pre.max_tiles or 12, self.pre.max_tiles_total, len(uris), self.pre.use_thumbnail
+        )
+        for item in uris:
+            data = self._fetch(item)
+            kind = self._media_type({}, item, data)
+            if kind != IMAGE:
+                raise RowError("unknown_media", f"{item} is a {kind}; multi-image rows take images only")
+            self._tiles_for_image(data, limit, prepared)
+
+
+def _seconds(value: Any, name: str) -> float | None:
+    """A manifest time in seconds; None for null or NaN."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise RowError("bad_row", f"{name} must be a number of seconds, got {value!r}") from None
+    return None if math.isnan(seconds) else seconds
+
+
+def _bound(start: Any, end: Any) -> tuple[float, float] | None:
+    """A (start_s, end_s) window from the manifest's optional columns; None when both are absent."""
+    low, high = _seconds(start, "start_s"), _seconds(end, "end_s")
+    if low is None and high is None:
+        return None
+    if low is not None and low < 0:
+        raise RowError("frame_range", f"start_s must be >= 0, got {low}")
+    return (low if low is not None else 0.0, high if high is not None else 100000.0)
+
+
+def prepared_columns(prepared: list[PreparedRow], seconds: list[float]) -> dict[str, pa.Array]:
+    """The columns this stage adds, as Arrow arrays."""
+    tiles = [
+        (np.concatenate(p.tiles) if len(p.tiles) > 1 else p.tiles[0]).tobytes() if p.tiles else None for p in prepared
+    ]
+    data = {
+        MEDIA_TYPE: [p.media_type for p in prepared],
+        QUERY: [p.query for p in prepared],
+        TILES: tiles,
+        NUM_TILES: [sum(p.tiles_per_image) for p in prepared],
+        TILES_PER_IMAGE: [p.tiles_per_image for p in prepared],
+        FRAME_INDICES: [p.frame_indices for p in prepared],
+        ERROR_KIND: [p.error_kind for p in prepared],
+        ERROR: [p.error for p in prepared],
+        PREPROCESS_S: seconds,
+    }
+    return {name: pa.array(values, type=PREPROCESS_SCHEMA.field(name).type) for name, values in data.items()}
+
+
+class PreprocessStage:
+    """Ray Data callable class for the CPU actor pool."""
+
+    REQUIRED_COLUMNS = (ID, URI)
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.preprocessor = Preprocessor(spec)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        require_columns("preprocess", batch, self.REQUIRED_COLUMNS)
+        rows = batch.to_pylist()
+        prepared, seconds = [], []
+        for row in rows:
+            started = time.perf_counter()
+            prepared.append(self.preprocessor.prepare(row))
+            seconds.append(time.perf_counter() - started)
+        keep = [name for name in batch.column_names if name != INLINE_BYTES]
+        out = batch.select(keep)
+        for name, array in prepared_columns(prepared, seconds).items():
+            out = out.append_column(name, array)
+        return out

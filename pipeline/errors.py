@@ -1,0 +1,57 @@
+"""Row errors as data: a short kind for grouping plus a message for people.
+
+A row whose input is bad is never an exception that escapes a stage: the stage catches
+the narrow failure it expects, turns it into a `RowError`, and the row flows on with the
+`error_kind` and `error` columns set. Job-level problems are `JobError`s and stop the
+run before any model loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.storage import redact
+
+
+class JobError(RuntimeError):
+    """A problem with the job as a whole (spec, manifest, cluster, model): fail fast."""
+
+
+@dataclass
+class RowError(Exception):
+    """A problem with one row; `kind` is a short stable identifier, `message` says what and why."""
+
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {redact(self.message)}"
+
+
+# The kinds a row error can have, with what each means; the README's table is built from it.
+ERROR_KINDS: dict[str, str] = {
+    "empty_uri": "the row has neither a uri, inline bytes nor a prompt",
+    "unsupported_uri": "the uri's scheme is not a local path or s3://",
+    "missing": "the file or object does not exist",
+    "is_directory": "the uri names a directory",
+    "access_denied": "the file or object exists but may not be read",
+    "fetch_error": "reading the bytes failed after retries",
+    "too_large": "the file is larger than preprocess.max_file_bytes",
+    "empty_file": "the file has zero bytes",
+    "decode_error": "the bytes are not an image or video that can be decoded",
+    "image_too_large": "the image has more pixels than preprocess.max_image_pixels (decompression bomb)",
+    "bad_video": "the video has no frames, no video stream, or cannot be decoded",
+    "frame_range": "the row's start/end window lies outside the clip",
+    "unknown_media": "the media type is neither image nor video",
+    "bad_row": "a manifest value has the wrong type or form",
+    "prompt_error": "the prompt does not fit the row (placeholders vs images)",
+    "context_too_long": "the prompt is longer than the model's context window",
+    "oom": "out of memory even for this row alone",
+    "model_error": "the model failed on this row after retries",
+    "invalid_output": "the answer did not validate against the task's schema (raw text kept)",
+}
+
+
+def error_text(kind: str, message: str) -> str:
+    """The `error` column's value: 'kind: message', with credentials removed."""
+    return f"{kind}: {redact(message)}"

@@ -1,0 +1,141 @@
+"""A transformers `InternVLForConditionalGeneration` replica, run the way `batch_chat` runs.
+
+Prompts are padded on the left, tiles are normalised on the model's device (they travel
+as uint8), generation stops at `<|im_end|>`, and answers are cut at the first stop token,
+decoded without special tokens and stripped - as the reference does.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+
+from pipeline.models.engine import EncodedRequest, Engine, GenerationOptions, GenerationResult, OutOfMemory
+from pipeline.prompts.template import STOP_TOKEN
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Test hook (not a mock): raise a real OutOfMemory for batches of more rows than this, so
+# the stage's back-off can be exercised on a CPU.
+FAULT_OOM_ENV = "PIPELINE_FAULT_OOM_ABOVE_ROWS"
+
+
+def normalise_tiles(tiles: np.ndarray, device: Any, dtype: Any):  # -> torch.Tensor
+    """uint8 NHWC tiles -> normalised NCHW pixel values on the device, as the reference computes them.
+
+    The reference does ToTensor (float32 / 255) then Normalize (float32) then casts to the
+    model dtype; we do the same operations in the same order, on the device.
+    """
+    import torch
+
+    with warnings.catch_warnings():
+        # Tiles arrive as read-only views of Arrow buffers; they are only read, never written.
+        warnings.simplefilter("ignore", UserWarning)
+        pixels = torch.from_numpy(np.ascontiguousarray(tiles)).to(device, non_blocking=True)
+    pixels = pixels.permute(0, 3, 1, 2).to(torch.float32).div(255)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return pixels.sub(mean).div(std).to(dtype)
+
+
+class HFEngine(Engine):
+    """One InternVL replica in this process (a whole model on one device)."""
+
+    def __init__(self, model: Any, tokenizer: Any, name: str) -> None:
+        import torch
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.stop_id = tokenizer.convert_tokens_to_ids(STOP_TOKEN)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_id
+        text_config = model.config.get_text_config()
+        self.max_context = int(getattr(text_config, "max_position_embeddings", 32768))
+        self.vocab_size = int(text_config.vocab_size)
+        self._torch = torch
+        self._grammars: dict[str, Any] = {}
+
+    def encode(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids of each full prompt string."""
+        return [list(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+
+    def _inputs(self, batch: list[EncodedRequest]) -> dict[str, Any]:
+        torch = self._torch
+        width = max(r.num_tokens for r in batch)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, request in enumerate(batch):
+            length = request.num_tokens
+            input_ids[row, width - length :] = torch.tensor(request.input_ids, dtype=torch.long)
+            attention_mask[row, width - length :] = 1
+        inputs: dict[str, Any] = {
+            "input_ids": input_ids.to(self.device),
+            "attention_mask": attention_mask.to(self.device),
+        }
+        tiles = [r.tiles for r in batch if r.tiles is not None and len(r.tiles)]
+        if tiles:
+            stacked = np.concatenate(tiles) if len(tiles) > 1 else tiles[0]
+            inputs["pixel_values"] = normalise_tiles(stacked, self.device, self.dtype)
+        return inputs
+
+    def _generation_kwargs(self, options: GenerationOptions, batch_size: int) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": options.max_new_tokens,
+            "eos_token_id": self.stop_id,
+            "pad_token_id": self.pad_id,
+            "do_sample": options.temperature > 0,
+        }
+        if options.temperature > 0:
+            kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k or None)
+            self._torch.manual_seed(options.seed)
+        if options.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = options.repetition_penalty
+        if options.fixed_length:
+            kwargs["min_new_tokens"] = options.max_new_tokens
+        if options.json_schema is not None:
+            from pipeline.models.grammar import json_logits_processor
+
+            kwargs["logits_processor"] = [
+                json_logits_processor(self.tokenizer, self.vocab_size, options.json_schema, self._grammars)
+            ]
+        return kwargs
+
+    def generate(self, batch: list[EncodedRequest], options: GenerationOptions) -> list[GenerationResult]:
+        """Batched greedy (or sampled) generation for a batch of rows."""
+        torch = self._torch
+        limit = os.environ.get(FAULT_OOM_ENV)
+        if limit is not None and len(batch) > int(limit):
+            raise OutOfMemory(f"test hook {FAULT_OOM_ENV}={limit}: batch of {len(batch)} rows refused")
+        inputs = self._inputs(batch)
+        kwargs = self._generation_kwargs(options, len(batch))
+        try:
+            with torch.inference_mode():
+                output = self.model.generate(**inputs, **kwargs)
+        except torch.OutOfMemoryError as error:
+            del inputs
+            torch.cuda.empty_cache()
+            raise OutOfMemory(str(error).splitlines()[0]) from None
+        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+        return [self._result(request, tokens, options) for request, tokens in zip(batch, new_tokens, strict=True)]
+
+    def _result(self, request: EncodedRequest, tokens: list[int], options: GenerationOptions) -> GenerationResult:
+        if not options.fixed_length and self.stop_id in tokens:
+            end = tokens.index(self.stop_id)
+            answer, count, reason = tokens[:end], end + 1, "stop"
+        else:
+            answer, count, reason = tokens, len(tokens), "length"
+        text = self.tokenizer.decode(answer, skip_special_tokens=True).strip()
+        return GenerationResult(
+            text=text, prompt_tokens=request.num_tokens, output_tokens=count, finish_reason=reason, token_ids=answer
+        )
+
+    def close(self) -> None:
+        """Drop the model so its memory can be reclaimed."""
+        self.model = None
+        if self._torch.cuda.is_available():
+            self._torch.cuda.empty_cache()

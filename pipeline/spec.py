@@ -1,0 +1,331 @@
+"""The job spec: YAML in, validated pydantic models out.
+
+Every field carries a description (it is the reference documentation: `python -m
+pipeline spec` prints it), unknown keys are an error, and `--set a.b=value` overrides
+apply before validation so that a typo in an override fails like a typo in the file.
+Task-dependent defaults (tiles for OCR, answer length per task) are left as `None` here
+and filled by `pipeline.prompts.tasks.resolve_spec`, so the user can see which values
+came from the preset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class SpecError(ValueError):
+    """A job spec that cannot run; the message names the field and the fix."""
+
+
+class StrictModel(BaseModel):
+    """Base for spec sections: unknown keys are rejected, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputSpec(StrictModel):
+    """Where the manifest is and which of its columns mean what."""
+
+    manifest: str = Field(
+        description="Parquet manifest: a file, a directory of .parquet files, or a glob; local or s3://."
+    )
+    id_column: str = Field(default="id", description="Column with a unique, non-null string id per row.")
+    uri_column: str = Field(
+        default="uri",
+        description="Column with the media uri (local path or s3://...). Null or empty means a text-only row.",
+    )
+    uris_column: str | None = Field(
+        default="uris",
+        description="Optional column holding a list of image uris for multi-image rows (ignored if absent).",
+    )
+    media_type_column: str | None = Field(
+        default="media_type",
+        description="Optional column with 'image' or 'video'; else the type comes from the extension, "
+        "else from the file's bytes (ignored if absent).",
+    )
+    prompt_column: str | None = Field(
+        default="prompt",
+        description="Optional column with a per-row question that overrides the task's prompt (ignored if absent).",
+    )
+    bytes_column: str | None = Field(
+        default="image_bytes",
+        description="Optional column with inline image bytes, used instead of reading the uri (ignored if absent).",
+    )
+    start_column: str | None = Field(
+        default="start_s", description="Optional column with a video start time in seconds (ignored if absent)."
+    )
+    end_column: str | None = Field(
+        default="end_s", description="Optional column with a video end time in seconds (ignored if absent)."
+    )
+    passthrough_columns: list[str] = Field(
+        default_factory=list, description="Manifest columns copied unchanged into the output."
+    )
+    rows_per_shard: int = Field(
+        default=10_000,
+        ge=1,
+        description="Largest unit of resume bookkeeping: a Parquet row group is split into shards of at most "
+        "this many rows; each shard's output lives in its own folder.",
+    )
+    check_duplicates: bool = Field(
+        default=True,
+        description="Scan every id for duplicates before the run (bounded memory, spills to local disk). "
+        "Turn off only for manifests you already know to be clean.",
+    )
+    limit: int | None = Field(default=None, ge=1, description="Process only the first N manifest rows (for trials).")
+
+
+class TaskSpec(StrictModel):
+    """What to ask the model and how to generate."""
+
+    kind: Literal["caption", "ocr", "moderation", "custom"] = Field(
+        default="caption", description="Task preset: caption, ocr, moderation, or custom (your own template)."
+    )
+    prompt: str | None = Field(
+        default=None,
+        description="The question. For 'custom', a template that may name manifest columns as {column}. "
+        "For other kinds it replaces the preset's question. A per-row prompt column wins over both.",
+    )
+    caption_style: Literal["short", "detailed"] = Field(
+        default="short", description="Caption preset variant: 'short' (one sentence) or 'detailed' (a paragraph)."
+    )
+    categories: list[str] = Field(
+        default_factory=lambda: ["sexual", "violence", "hate", "harassment", "self_harm", "illegal_activity"],
+        description="Moderation categories the model may flag; the output's `categories` column holds a subset.",
+    )
+    system_message: str | None = Field(
+        default=None,
+        description="System message of the internvl2_5 template; null keeps InternVL's default, '' drops it.",
+    )
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, description="Longest answer in tokens; null takes the task preset's default."
+    )
+    temperature: float = Field(default=0.0, ge=0.0, description="0 means greedy decoding (deterministic).")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (when temperature > 0).")
+    top_k: int = Field(default=0, ge=0, description="Top-k sampling (0 = off; when temperature > 0).")
+    repetition_penalty: float = Field(default=1.0, gt=0.0, description="1.0 = off.")
+    seed: int = Field(default=0, description="Seed for sampling when temperature > 0.")
+
+    @field_validator("categories")
+    @classmethod
+    def _categories_unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value) or any(not c.strip() for c in value):
+            raise ValueError("categories must be distinct, non-empty strings")
+        return value
+
+
+class PreprocessSpec(StrictModel):
+    """The CPU stage: fetching, decoding, tiling, frame sampling."""
+
+    max_tiles: int | None = Field(
+        default=None, ge=1, le=64, description="Most tiles per image (grid only; null = the task preset's default)."
+    )
+    min_tiles: int = Field(default=1, ge=1, description="Fewest grid tiles per image.")
+    use_thumbnail: bool = Field(
+        default=True, description="Append a 448x448 thumbnail of the whole image when it has more than one tile."
+    )
+    max_tiles_total: int | None = Field(
+        default=None, ge=1, description="Cap on the tiles of all images of a multi-image row together."
+    )
+    num_frames: int = Field(default=8, ge=1, le=128, description="Frames sampled per video.")
+    tiles_per_frame: int = Field(default=1, ge=1, le=64, description="Most tiles per video frame.")
+    workers: int = Field(default=2, ge=1, description="CPU actors that fetch, decode and tile.")
+    cpus_per_worker: float = Field(default=1.0, gt=0, description="CPUs Ray reserves for each CPU actor.")
+    batch_size: int = Field(default=8, ge=1, description="Rows per call of a CPU actor.")
+    exif_transpose: bool = Field(
+        default=True, description="Rotate photos as their EXIF orientation says before tiling (as a viewer shows them)."
+    )
+    max_image_pixels: int = Field(
+        default=178_956_970,
+        ge=1,
+        description="Refuse images with more pixels than this (decompression bombs) with a row error.",
+    )
+    max_file_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1, description="Refuse media files larger than this with a row error."
+    )
+    fast_decode: bool = Field(
+        default=False,
+        description="Let Pillow decode JPEGs at a reduced scale when that is still larger than the tiles "
+        "(faster, not bit-exact with the reference).",
+    )
+    fetch_retries: int = Field(default=3, ge=0, description="Retries (with backoff) of a failed media read.")
+
+
+class ModelSpec(StrictModel):
+    """Which model, where it runs, and how it batches."""
+
+    name: str = Field(
+        default="tiny-random",
+        description="A hub id (OpenGVLab/InternVL3-2B-hf), a local checkpoint directory, an s3:// prefix, "
+        "'tiny-random' (test model built locally), 'dummy:InternVL3-<size>' (random weights, benchmarking) "
+        "or 'none' (no model; answers nothing, benchmarks the pipeline).",
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weights and activations; 'auto' is bfloat16 on GPU and float32 on CPU."
+    )
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        default="auto", description="'auto' uses GPUs when the cluster has them, else CPUs; 'cuda' requires GPUs."
+    )
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
+        default="auto", description="'auto' is flash_attention_2 when installed on CUDA, else sdpa."
+    )
+    batch_size: int = Field(default=8, ge=1, description="Most rows per generate call.")
+    max_batch_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most prompt tokens (padding included) per generate call; rows of similar length are "
+        "grouped. Null means no token budget.",
+    )
+    replicas: int = Field(default=1, ge=1, description="Model replicas (one actor, or one gang for TP, each).")
+    tensor_parallel: int = Field(default=1, ge=1, description="GPUs (ranks) per replica.")
+    placement_strategy: Literal["PACK", "STRICT_PACK"] = Field(
+        default="PACK", description="Placement group strategy of a tensor-parallel gang."
+    )
+    device_map: Literal["auto"] | None = Field(
+        default=None,
+        description="'auto' spreads one replica over its GPUs layer by layer (accelerate); slower than "
+        "tensor_parallel, for setups without NCCL.",
+    )
+    quantization: Literal["int8", "fp8"] | None = Field(
+        default=None, description="Quantised weights: 'int8' (bitsandbytes, CUDA) or 'fp8' (Hopper)."
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Allow original-format checkpoints that run code from the model repository. Off by default.",
+    )
+    cache_dir: str | None = Field(
+        default=None,
+        description="Where built and downloaded models are cached; default ~/.cache/internvl-pipeline.",
+    )
+    cpus_per_replica: float = Field(default=1.0, gt=0, description="CPUs Ray reserves for each model actor (rank).")
+    max_retries: int = Field(
+        default=3, ge=0, description="Times a batch is retried after a model actor dies before its rows get errors."
+    )
+
+    @model_validator(mode="after")
+    def _device_map_excludes_tp(self) -> ModelSpec:
+        if self.device_map is not None and self.tensor_parallel > 1:
+            raise ValueError("model.device_map and model.tensor_parallel > 1 exclude each other; pick one")
+        return self
+
+
+class OutputSpec(StrictModel):
+    """Where the answers go."""
+
+    path: str = Field(description="Output directory, local or s3://; one Parquet dataset.")
+    mode: Literal["resume", "overwrite"] = Field(
+        default="resume",
+        description="'resume' does only the rows without output yet; 'overwrite' deletes the output first.",
+    )
+    include_prompt: bool = Field(
+        default=False, description="Debug: write the exact prompt string into a `prompt` column."
+    )
+    rows_per_file: int = Field(
+        default=1000, ge=1, description="Rows gathered before a Parquet file is written (per shard)."
+    )
+    compression: Literal["zstd", "snappy", "gzip", "none"] = Field(
+        default="zstd", description="Parquet compression codec."
+    )
+
+
+class StorageSpec(StrictModel):
+    """Object-store settings. Credentials never go here: they come from the standard AWS chain."""
+
+    endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, Ceph, R2); default AWS_ENDPOINT_URL or AWS."
+    )
+    region: str | None = Field(default=None, description="S3 region; default AWS_REGION / AWS_DEFAULT_REGION.")
+    anonymous: bool = Field(default=False, description="Read public buckets without credentials.")
+
+
+class RuntimeEnvSpec(StrictModel):
+    """What `pipeline submit` ships with the job (Ray runtime_env)."""
+
+    pip: list[str] = Field(default_factory=list, description="Extra pip packages installed for the job.")
+    env_vars: dict[str, str] = Field(default_factory=dict, description="Environment variables for the job.")
+
+
+class RaySpec(StrictModel):
+    """How the job meets Ray."""
+
+    address: str | None = Field(
+        default=None,
+        description="Cluster to join; default RAY_ADDRESS, the job's own cluster, or a new local one.",
+    )
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local cluster started by `run`.")
+    runtime_env: RuntimeEnvSpec = Field(default_factory=RuntimeEnvSpec, description="Shipped by `submit`.")
+
+
+class JobSpec(StrictModel):
+    """A whole job: input, task, preprocessing, model, output."""
+
+    name: str = Field(default="job", description="A name for logs and the summary.")
+    input: InputSpec = Field(description="The manifest and its columns.")
+    task: TaskSpec = Field(default_factory=TaskSpec, description="The task preset and generation settings.")
+    preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec, description="The CPU stage.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The model and its replicas.")
+    output: OutputSpec = Field(description="Where the results go.")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="Object-store settings.")
+    ray: RaySpec = Field(default_factory=RaySpec, description="Cluster settings.")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` overrides (value parsed as YAML) to a raw spec dict."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model.batch_size=16")
+        parts = key.strip().split(".")
+        node: dict[str, Any] = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SpecError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return data
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: the job spec is invalid:"]
+    for problem in error.errors():
+        where = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        kind = problem["type"]
+        if kind == "extra_forbidden":
+            lines.append(f"  {where}: unknown key (check the spelling; `python -m pipeline spec` lists every key)")
+        elif kind == "missing":
+            lines.append(f"  {where}: required, but missing")
+        else:
+            lines.append(f"  {where}: {problem['msg']} (got {problem.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_spec(data: Any, source: str = "job spec", overrides: list[str] | None = None) -> JobSpec:
+    """Validate a raw spec dict (after overrides) into a JobSpec, or raise SpecError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a mapping of sections (input, task, ...), got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(_format_validation_error(error, source)) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read a YAML job spec from a file and validate it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise SpecError(f"{path}: cannot read the job spec ({error.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML: {error}") from None
+    return parse_spec(data, str(path), overrides)

@@ -1,0 +1,31 @@
+"""Job-level checks that need the spec and the manifest's schema, but no cluster and no model."""
+
+from __future__ import annotations
+
+from pipeline.errors import JobError
+from pipeline.prompts.tasks import template_fields
+from pipeline.readers.manifest import ManifestPlan, open_parquet
+from pipeline.spec import JobSpec
+
+
+def check_task_columns(spec: JobSpec, plan: ManifestPlan) -> None:
+    """A prompt template may only name columns the manifest has."""
+    if not spec.task.prompt:
+        return
+    fields = template_fields(spec.task.prompt)
+    if not fields:
+        return
+    names = open_parquet(plan.files[0], spec.storage).schema_arrow.names
+    missing = [name for name in fields if name not in names]
+    if missing:
+        raise JobError(
+            f"task.prompt names column(s) {', '.join('{' + m + '}' for m in missing)} that the manifest "
+            f"{plan.files[0]} does not have; its columns are: {', '.join(names)}"
+        )
+
+
+def check_model_settings(spec: JobSpec) -> None:
+    """Model settings that cannot work, whatever the cluster (family presets add their own rules)."""
+    from pipeline.models.family import check_family_requirements
+
+    check_family_requirements(spec)
