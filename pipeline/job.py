@@ -13,14 +13,15 @@ stage that needs them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 from pipeline.readers.manifest import ManifestPlan, Shard
 from pipeline.spec import JobSpec
 
-# Restart dead actors forever and retry their batches: a batch is only ever lost with
-# its job, and rewriting it is harmless because output file names follow their rows.
-FAULT_TOLERANT_ACTOR = {"max_restarts": -1, "max_task_retries": -1}
+# Fault tolerance: Ray Data's actor pools restart dead actors without limit and retry
+# their batches (max_restarts=-1, max_task_retries=-1 are its defaults, which we keep).
+# A retried batch is rewritten under the same file names (they follow the rows' ids),
+# so a retry never duplicates output.
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def build_dataset(spec: JobSpec, plan: ManifestPlan, pending: list[Shard], resou
     resume = spec.output.mode == "resume"
     shards = ray.data.from_items([asdict(shard) for shard in pending], override_num_blocks=max(1, len(pending)))
     rows = shards.map_batches(
-        read_shards,
+        cast(Any, read_shards),
         fn_kwargs={
             "spec": spec,
             "columns": plan.columns,
@@ -79,7 +80,6 @@ def build_dataset(spec: JobSpec, plan: ManifestPlan, pending: list[Shard], resou
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=spec.preprocess.workers),
         num_cpus=spec.preprocess.cpus_per_worker,
-        **FAULT_TOLERANT_ACTOR,
     )
     answered = prepared.map_batches(
         GenerateStage,
@@ -89,11 +89,12 @@ def build_dataset(spec: JobSpec, plan: ManifestPlan, pending: list[Shard], resou
         compute=ray.data.ActorPoolStrategy(size=spec.model.replicas),
         num_cpus=resources.cpus_per_model_actor,
         num_gpus=resources.gpus_per_model_actor,
-        **FAULT_TOLERANT_ACTOR,
     )
-    labelled = answered.map_batches(postprocess_batch, fn_kwargs={"spec": spec}, batch_format="pyarrow", num_cpus=0.25)
+    labelled = answered.map_batches(
+        cast(Any, postprocess_batch), fn_kwargs={"spec": spec}, batch_format="pyarrow", num_cpus=0.25
+    )
     return labelled.map_batches(
-        write_batch,
+        cast(Any, write_batch),
         fn_kwargs={"spec": spec},
         batch_size=spec.output.rows_per_file,
         batch_format="pyarrow",

@@ -96,7 +96,7 @@ def prepare_output(spec: JobSpec, plan: ManifestPlan) -> None:
         previous = _read_json(join_uri(output, FINGERPRINT_FILE), spec.storage)
     except (OSError, ValueError) as error:
         raise JobError(f"output.path: cannot use {output}: {error}") from None
-    current = {"fingerprint": fingerprint(spec), "manifest_files": plan.file_sizes}
+    current: dict[str, Any] = {"fingerprint": fingerprint(spec), "manifest_files": plan.file_sizes}
     if previous is not None:
         _check_same_job(output, previous, current)
         current["created_at"] = previous.get("created_at")

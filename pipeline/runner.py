@@ -60,21 +60,31 @@ def check_job(spec: JobSpec) -> CheckedJob:
 
 
 def connect_ray(spec: JobSpec) -> str:
-    """Join the cluster named by ray.address / RAY_ADDRESS / the job's context, else start a local one."""
+    """Join a cluster, as Ray itself looks for one, or start a local instance.
+
+    In order: ray.address (or RAY_ADDRESS, set for `ray job submit` drivers); else the
+    cluster a `ray start` on this machine left running; else a new local instance sized
+    for the job. `ray.address: local` always starts a new local instance.
+    """
     import ray
 
     if ray.is_initialized():
         return "the Ray cluster of this process"
-    address = spec.ray.address or os.environ.get("RAY_ADDRESS")
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if address:
+    address = spec.ray.address or os.environ.get("RAY_ADDRESS") or None
+    if address and address != "local":
         try:
-            ray.init(address=address, **quiet)
+            ray.init(address=address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise JobError(f"ray.address: cannot join the Ray cluster at {address}: {error}") from None
         return f"the Ray cluster at {address}"
+    if address is None:
+        try:
+            ray.init(address="auto", logging_level=logging.WARNING)
+            return "the running Ray cluster found on this machine"
+        except ConnectionError:
+            pass
     num_cpus = spec.ray.num_cpus or max(os.cpu_count() or 1, required_cpus(spec))
-    ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     return f"a new local Ray instance ({num_cpus} CPUs)"
 
 

@@ -254,7 +254,9 @@ class RaySpec(StrictModel):
 
     address: str | None = Field(
         default=None,
-        description="Cluster to join; default RAY_ADDRESS, the job's own cluster, or a new local one.",
+        description="Cluster to join (host:port or ray://...); default RAY_ADDRESS (set in `ray job submit` "
+        "drivers), else a cluster `ray start` left running on this machine, else a new local instance. "
+        "'local' always starts a new local instance.",
     )
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a local cluster started by `run`.")
     runtime_env: RuntimeEnvSpec = Field(default_factory=RuntimeEnvSpec, description="Shipped by `submit`.")

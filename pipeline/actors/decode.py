@@ -63,7 +63,7 @@ def decode_image(
     staying at least that large (fast, not bit-exact).
     """
     try:
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
     except Exception as error:  # untrusted bytes: any decoder failure is this row's problem
         raise RowError("decode_error", f"not a readable image ({type(error).__name__}: {error})") from None
     width, height = image.size

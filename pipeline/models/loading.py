@@ -127,8 +127,7 @@ def load_engine(spec: ModelSpec, storage: StorageSpec | None = None) -> Engine:
         "revision": spec.revision,
         "trust_remote_code": spec.trust_remote_code,
     }
-    if spec.device_map == "auto":
-        kwargs["device_map"] = "auto"
+    kwargs["device_map"] = "auto" if spec.device_map == "auto" else runtime.device
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             checkpoint, revision=spec.revision, trust_remote_code=spec.trust_remote_code
@@ -140,7 +139,5 @@ def load_engine(spec: ModelSpec, storage: StorageSpec | None = None) -> Engine:
             "to the hub (or HF_HUB_OFFLINE=1 with the model in the local hub cache); a directory needs config.json "
             "and the weights"
         ) from None
-    if spec.device_map != "auto":
-        model = model.to(runtime.device)
     tokenizer.padding_side = "left"
     return HFEngine(model.eval(), tokenizer, name=spec.name)

@@ -168,7 +168,7 @@ def build(target: Path) -> None:
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     config = build_config(len(tokenizer), image_token_id, eos_id, pad_id)
     torch.manual_seed(0)
-    model = InternVLForConditionalGeneration(config).to(torch.float32).eval()
+    model = InternVLForConditionalGeneration(config).eval()  # float32 by default
     initialise(model)
     model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id, do_sample=False)
     model.save_pretrained(target)

@@ -52,6 +52,7 @@ class DuplicateFinder:
             return
         if self._spill_dir is None:
             self._spill_dir = tempfile.mkdtemp(prefix="pipeline-ids-")
+        os.makedirs(self._spill_dir, exist_ok=True)
         hashes = np.concatenate(self._pending)
         self._pending, self._pending_count = [], 0
         buckets = (hashes >> np.uint64(56)).astype(np.uint8)

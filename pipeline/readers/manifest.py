@@ -73,6 +73,12 @@ def _with_scheme(uri: str, path: str) -> str:
     return f"{uri_scheme(uri)}://{path}" if is_remote(uri) else path
 
 
+def _hidden(found: str, root: str) -> bool:
+    """Files and folders named '_...' or '....' below the root (markers, temporaries) are not data."""
+    root_parts = len(root.rstrip("/").split("/")) - (1 if globlib.has_magic(root) else 0)
+    return any(part.startswith(("_", ".")) for part in found.split("/")[root_parts:])
+
+
 def discover_files(manifest: str, storage: StorageSpec | None = None) -> list[str]:
     """The Parquet files a manifest uri names: a file, a directory (recursively) or a glob."""
     try:
@@ -81,13 +87,9 @@ def discover_files(manifest: str, storage: StorageSpec | None = None) -> list[st
         raise JobError(f"input.manifest: {error}") from None
     try:
         if globlib.has_magic(path):
-            found = sorted(p for p in fs.glob(path) if fs.isfile(p))
+            found = sorted(p for p in fs.glob(path) if fs.isfile(p) and not _hidden(p, path))
         elif fs.isdir(path):
-            found = sorted(
-                p
-                for p in fs.find(path)
-                if p.endswith(".parquet") and not any(part.startswith(("_", ".")) for part in p.split("/"))
-            )
+            found = sorted(p for p in fs.find(path) if p.endswith(".parquet") and not _hidden(p, path))
         elif fs.isfile(path):
             found = [path]
         else:
@@ -127,9 +129,9 @@ def resolve_columns(spec: InputSpec, schema: pa.Schema, source: str) -> tuple[di
         START_S: spec.start_column,
         END_S: spec.end_column,
     }
-    for canonical, column in optional.items():
-        if column and column in names and column not in columns.values():
-            columns[canonical] = column
+    for canonical, optional_column in optional.items():
+        if optional_column and optional_column in names and optional_column not in columns.values():
+            columns[canonical] = optional_column
     _check_types(schema, columns, source)
     missing = [c for c in spec.passthrough_columns if c not in names]
     if missing:

@@ -1,0 +1,60 @@
+"""Shared fixtures: a session cache for tiny-random, a session Ray instance, spec builders.
+
+Nothing here mocks the pipeline: jobs run on a real local Ray with real files. The only
+thing that cannot exist on these machines is a GPU; tests that need one are marked `gpu`
+and skipped without CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = Path(__file__).resolve().parent / "golden"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny-random build per test session (deterministic, so any cache would do)."""
+    cache = Path(os.environ.get("PIPELINE_TEST_CACHE_DIR") or tmp_path_factory.getbasetemp() / "model-cache")
+    os.environ["PIPELINE_CACHE_DIR"] = str(cache)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("PIPELINE_PROGRESS_INTERVAL_S", "1")
+    return cache
+
+
+@pytest.fixture(scope="session")
+def ray_session(model_cache: Path):
+    """A local Ray instance shared by the in-process job tests (started once: ~10 s)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def make_spec(tmp_path: Path):
+    """Build a JobSpec from a manifest path and nested overrides."""
+    from pipeline.spec import parse_spec
+
+    def build(manifest: Path | str, **sections: dict[str, Any]):
+        data: dict[str, Any] = {
+            "input": {"manifest": str(manifest)},
+            "output": {"path": str(tmp_path / "out")},
+            "task": {"max_new_tokens": 8},
+            "preprocess": {"workers": 1},
+            "model": {"batch_size": 4},
+        }
+        for section, values in sections.items():
+            data.setdefault(section, {}).update(values)
+        return parse_spec(data)
+
+    return build
