@@ -5,6 +5,11 @@ modes (so tiles stay bit-exact), and do better where that call gives garbage: 16
 and 32-bit greyscale are scaled to 8 bits instead of clipped, palette images with a
 transparent colour go through RGBA first. Animated and multi-page files use their first
 frame. The pixel count is checked from the header before any pixel is decoded.
+
+Speed: EXIF rotation is applied in place (Pillow's default returns a full copy even
+when there is nothing to rotate: ~20 ms for a 12 MP photo), and the CPU stage asks
+Pillow to keep each image in one memory block (`use_single_block_images`), so the
+resampler can read its pixels without a copy.
 """
 
 from __future__ import annotations
@@ -22,6 +27,16 @@ from pipeline.errors import RowError
 Image.MAX_IMAGE_PIXELS = None
 
 _HIGH_BIT_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+def use_single_block_images() -> None:
+    """Make Pillow allocate each image as one block (process-wide; the CPU stage calls it once).
+
+    Pillow's default splits large images into 16 MB blocks, and then its pixels can only
+    be read through a copy (~50 ms for a 12 MP photo); a single block can be shared with
+    numpy without one. It changes nothing else.
+    """
+    Image.core.set_use_block_allocator(1)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -79,7 +94,7 @@ def decode_image(
             warnings.simplefilter("ignore")  # e.g. palette-transparency notes; the conversion handles them
             image.load()
             if exif_transpose:
-                image = ImageOps.exif_transpose(image)
+                ImageOps.exif_transpose(image, in_place=True)
             return to_rgb(image)
     except Exception as error:  # truncated or corrupt pixel data, odd plugins' own errors
         raise RowError("decode_error", f"cannot decode the image ({type(error).__name__}: {error})") from None

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.actors.decode import decode_image, image_size
+from pipeline.actors.decode import decode_image, image_size, use_single_block_images
 from pipeline.actors.media_type import (
     IMAGE,
     TEXT,
@@ -108,6 +108,7 @@ class Preprocessor:
         self.spec = spec
         self.pre = spec.preprocess
         assert self.pre.max_tiles is not None, "resolve_spec() fills preprocess.max_tiles"
+        use_single_block_images()  # lets the resampler read decoded pixels without a copy
 
     def _fetch(self, uri: str) -> bytes:
         return fetch_bytes(uri, self.spec.storage, self.pre.max_file_bytes, self.pre.fetch_retries)
@@ -268,15 +269,31 @@ def _bound(start: Any, end: Any) -> tuple[float, float] | None:
     return (low if low is not None else 0.0, high if high is not None else 100000.0)
 
 
+def tiles_array(prepared: list[PreparedRow]) -> pa.Array:
+    """The tiles of each row as one binary value, packed with a single copy of the pixels."""
+    sizes = [sum(t.nbytes for t in p.tiles) for p in prepared]
+    offsets = np.zeros(len(prepared) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    data = np.empty(int(offsets[-1]), dtype=np.uint8)
+    for p, start in zip(prepared, offsets[:-1], strict=True):
+        for tiles in p.tiles:
+            data[start : start + tiles.nbytes] = tiles.reshape(-1)
+            start += tiles.nbytes
+    valid = np.array([bool(p.tiles) for p in prepared])
+    validity = None if valid.all() else pa.array(valid).buffers()[1]
+    return pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(),
+        len(prepared),
+        [validity, pa.py_buffer(offsets), pa.py_buffer(data)],
+        null_count=int((~valid).sum()),
+    )
+
+
 def prepared_columns(prepared: list[PreparedRow], seconds: list[float]) -> dict[str, pa.Array]:
     """The columns this stage adds, as Arrow arrays."""
-    tiles = [
-        (np.concatenate(p.tiles) if len(p.tiles) > 1 else p.tiles[0]).tobytes() if p.tiles else None for p in prepared
-    ]
     data = {
         MEDIA_TYPE: [p.media_type for p in prepared],
         QUERY: [p.query for p in prepared],
-        TILES: tiles,
         NUM_TILES: [sum(p.tiles_per_image) for p in prepared],
         TILES_PER_IMAGE: [p.tiles_per_image for p in prepared],
         FRAME_INDICES: [p.frame_indices for p in prepared],
@@ -284,7 +301,9 @@ def prepared_columns(prepared: list[PreparedRow], seconds: list[float]) -> dict[
         ERROR: [p.error for p in prepared],
         PREPROCESS_S: seconds,
     }
-    return {name: pa.array(values, type=PREPROCESS_SCHEMA.field(name).type) for name, values in data.items()}
+    columns = {name: pa.array(values, type=PREPROCESS_SCHEMA.field(name).type) for name, values in data.items()}
+    columns[TILES] = tiles_array(prepared)
+    return {name: columns[name] for name in PREPROCESS_SCHEMA.names}
 
 
 class PreprocessStage:
