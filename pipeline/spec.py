@@ -180,6 +180,12 @@ class ModelSpec(StrictModel):
         description="Most prompt tokens (padding included) per generate call; rows of similar length are "
         "grouped. Null means no token budget.",
     )
+    batch_window: int | None = Field(
+        default=None,
+        ge=1,
+        description="Rows handed to a replica per call, which it sorts by prompt length and cuts into generate "
+        "calls; null = 8 x batch_size. Larger windows pad less (mixed tile counts) but hold more tiles in memory.",
+    )
     replicas: int = Field(default=1, ge=1, description="Model replicas (one actor, or one gang for TP, each).")
     tensor_parallel: int = Field(default=1, ge=1, description="GPUs (ranks) per replica.")
     placement_strategy: Literal["PACK", "STRICT_PACK"] = Field(
