@@ -67,7 +67,7 @@ def test_similar_lengths_share_a_call():
 
 def test_least_padding_among_plans_with_the_fewest_calls():
     """Brute force over all cut points of a small sorted window."""
-    from itertools import combinations
+    from itertools import combinations, pairwise
 
     lengths = [10, 11, 30, 31, 32, 60, 61]
     planned = plan_batches(lengths, batch_size=3, max_batch_tokens=100)
@@ -76,7 +76,7 @@ def test_least_padding_among_plans_with_the_fewest_calls():
     for cuts in range(1, len(lengths)):
         for points in combinations(range(1, len(lengths)), cuts):
             bounds = [0, *points, len(lengths)]
-            groups = [list(range(a, b)) for a, b in zip(bounds, bounds[1:], strict=False)]
+            groups = [list(range(a, b)) for a, b in pairwise(bounds)]
             if any(len(g) > 3 or (len(g) > 1 and len(g) * lengths[g[-1]] > 100) for g in groups):
                 continue
             score = (len(groups), padded_tokens(lengths, groups))
