@@ -93,3 +93,48 @@ def spec_reference() -> None:
     from pipeline.spec_docs import spec_reference_markdown
 
     click.echo(spec_reference_markdown())
+
+
+def _import_benchmarks() -> Any:
+    """The `benchmarks` package of a source checkout (it is not installed with the package)."""
+    import importlib
+    from pathlib import Path
+
+    try:
+        return importlib.import_module("benchmarks")
+    except ImportError:
+        checkout = Path(__file__).resolve().parents[1]
+        if not (checkout / "benchmarks" / "__init__.py").is_file():
+            raise click.ClickException(
+                "the benchmarks ship with the source checkout; run this from a clone of the repository"
+            ) from None
+        sys.path.insert(0, str(checkout))
+        return importlib.import_module("benchmarks")
+
+
+@main.command()
+@click.argument("name", type=click.Choice(["preprocess", "pipeline", "batching", "scaling"]))
+@click.option("--reps", default=5, show_default=True, help="Repetitions per contender (medians are reported).")
+@click.option("--quick", is_flag=True, help="A smaller corpus and fewer repetitions (a smoke run, not for figures).")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where corpora, jobs and results go (default $PIPELINE_BENCH_DIR or /tmp/internvl-pipeline-bench).",
+)
+def bench(name: str, reps: int, quick: bool, workdir: str | None) -> None:
+    """Run benchmark NAME: a table, then one JSON line of results (see BENCHMARKS.md).
+
+    \b
+    preprocess  CPU stage vs the model card's preprocessing (images/s per core, bytes, exactness)
+    pipeline    whole Ray pipeline vs a sequential model-card script (tiny-random), no-model ceiling
+    batching    padding of arrival-order vs token-budget batches on mixed 1-13 tile rows
+    scaling     rows/s with 1 and 2 CPU workers; driver peak memory for 10^4 and 10^6 rows
+    """
+    from pathlib import Path
+
+    benchmarks = _import_benchmarks()
+    from benchmarks.common import DEFAULT_WORKDIR, BenchOptions
+
+    options = BenchOptions(reps=reps, quick=quick, workdir=Path(workdir) if workdir else DEFAULT_WORKDIR)
+    benchmarks.run_benchmark(name, options)

@@ -57,11 +57,24 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """Width and height from the image header, without decoding pixels."""
+# EXIF orientations that turn the stored image by 90 degrees (width and height swap).
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+_ORIENTATION_TAG = 0x0112
+
+
+def header_size(image: Image.Image, exif_transpose: bool) -> tuple[int, int]:
+    """Width and height as the tiler will see them, from an opened (not decoded) image."""
+    width, height = image.size
+    if exif_transpose and image.getexif().get(_ORIENTATION_TAG, 1) in _SWAPPING_ORIENTATIONS:
+        return height, width
+    return width, height
+
+
+def image_size(data: bytes, exif_transpose: bool = False) -> tuple[int, int]:
+    """Width and height from the image header (after EXIF rotation if asked), without decoding pixels."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return image.size
+            return header_size(image, exif_transpose)
     except Exception as error:  # untrusted bytes: any decoder failure is this row's problem
         raise RowError("decode_error", f"{type(error).__name__}: {error}") from None
 
@@ -74,8 +87,9 @@ def decode_image(
 ) -> Image.Image:
     """Decode image bytes to RGB, or raise a RowError.
 
-    `draft_size`, when given, lets the JPEG decoder scale down by a power of two while
-    staying at least that large (fast, not bit-exact).
+    `draft_size`, when given (as the tiler sees the image, i.e. after EXIF rotation), lets
+    the JPEG decoder scale down by a power of two while staying at least that large
+    (fast, not bit-exact).
     """
     try:
         image: Image.Image = Image.open(io.BytesIO(data))
@@ -89,6 +103,8 @@ def decode_image(
         )
     try:
         if draft_size is not None and image.format == "JPEG":
+            if header_size(image, exif_transpose) != image.size:  # stored turned by 90 degrees
+                draft_size = (draft_size[1], draft_size[0])
             image.draft("RGB", draft_size)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. palette-transparency notes; the conversion handles them

@@ -120,8 +120,8 @@ class Preprocessor:
         """Decode and tile one image. With fast_decode the grid comes from the header's size (so the
         tile count stays exact) and the JPEG decoder may scale down to just above the grid's size."""
         draft = None
-        if self.pre.fast_decode and not self.pre.exif_transpose:
-            grid = self._grid(*image_size(data), max_tiles)
+        if self.pre.fast_decode:
+            grid = self._grid(*image_size(data, self.pre.exif_transpose), max_tiles)
             draft = (TILE_SIZE * grid.cols, TILE_SIZE * grid.rows)
         image = decode_image(data, self.pre.max_image_pixels, self.pre.exif_transpose, draft)
         if draft is None:
