@@ -62,9 +62,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "arrival order (naive loop)": arrival_batches(count, BATCH_SIZE),
         "ours, window 4 x batch (former default)": plan_windowed(lengths, 4 * BATCH_SIZE, BATCH_SIZE),
         "ours, window 8 x batch (default)": plan_windowed(lengths, 8 * BATCH_SIZE, BATCH_SIZE),
-        f"ours, default window, max_batch_tokens {BUDGET}": plan_windowed(
-            lengths, 8 * BATCH_SIZE, BATCH_SIZE, BUDGET
-        ),
+        f"ours, default window, max_batch_tokens {BUDGET}": plan_windowed(lengths, 8 * BATCH_SIZE, BATCH_SIZE, BUDGET),
     }
     naive_slots = padded_tokens(lengths, contenders["arrival order (naive loop)"])
     rows = []

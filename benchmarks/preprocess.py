@@ -205,10 +205,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
     say(
         table(
             ["contender", "images/s per core (CPU time)", "images/s (wall, 1 thread)", "vs model card"],
-            [
-                [name, rates[name], wall_rates[name], f"{rates[name] / rates['model card']:.2f}x"]
-                for name in names
-            ],
+            [[name, rates[name], wall_rates[name], f"{rates[name] / rates['model card']:.2f}x"] for name in names],
         )
     )
     say(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -130,7 +129,8 @@ class SequentialResult:
 
     texts: list[str]
     done_at: list[float]  # seconds since the script started, one per row
-    load_s: float  # model load time
+    load_s: float  # model load time (and the choice of thread count)
+    threads: int = 1  # torch threads used
 
 
 class SequentialCaptioner:
@@ -148,6 +148,7 @@ class SequentialCaptioner:
         self.question = question
         self.system = system
         self.stop_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.threads = torch.get_num_threads()
 
     def prompt(self, num_tiles: int) -> str:
         """The internvl2_5 template with the image run, as the model card's `chat` builds it."""
@@ -178,21 +179,40 @@ class SequentialCaptioner:
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
 
+def best_thread_count(captioner: SequentialCaptioner, files: list[str]) -> int:
+    """The faster of 1 thread and torch's default for this machine, timed on a few images.
+
+    torch's default (one thread per core) helps on a quiet machine and hurts badly on a
+    busy one (spinning threads wait for each other); the baseline gets its best setting.
+    """
+    import torch
+
+    default = torch.get_num_threads()
+    sample = files[: min(3, len(files))]
+    timings = {}
+    for threads in sorted({1, default}):
+        torch.set_num_threads(threads)
+        captioner.answer(sample[0])  # warm-up
+        started = time.perf_counter()
+        for path in sample:
+            captioner.answer(path)
+        timings[threads] = time.perf_counter() - started
+    best = min(timings, key=lambda t: timings[t])
+    torch.set_num_threads(best)
+    return best
+
+
 def run_sequential(
     checkpoint: str, files: list[str], max_num: int, max_new_tokens: int, question: str, system: str
 ) -> SequentialResult:
     """Caption `files` one at a time; times are measured from the call."""
     started = time.perf_counter()
     captioner = SequentialCaptioner(checkpoint, max_num, max_new_tokens, question, system)
+    captioner.threads = best_thread_count(captioner, files)
     load_s = time.perf_counter() - started
     texts: list[str] = []
     done_at: list[float] = []
     for path in files:
         texts.append(captioner.answer(path))
         done_at.append(time.perf_counter() - started)
-    return SequentialResult(texts=texts, done_at=done_at, load_s=load_s)
-
-
-def describe(value: Any) -> str:  # pragma: no cover - debugging helper
-    """Short description of a tensor or array."""
-    return f"{type(value).__name__}{tuple(getattr(value, 'shape', ()))}"
+    return SequentialResult(texts=texts, done_at=done_at, load_s=load_s, threads=captioner.threads)

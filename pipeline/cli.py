@@ -114,7 +114,9 @@ def _import_benchmarks() -> Any:
 
 @main.command()
 @click.argument("name", type=click.Choice(["preprocess", "pipeline", "batching", "scaling"]))
-@click.option("--reps", default=5, show_default=True, help="Repetitions per contender (medians are reported).")
+@click.option(
+    "--reps", type=int, default=None, help="Repetitions per contender (medians are reported); default 5, pipeline 3."
+)
 @click.option("--quick", is_flag=True, help="A smaller corpus and fewer repetitions (a smoke run, not for figures).")
 @click.option(
     "--workdir",
@@ -122,7 +124,7 @@ def _import_benchmarks() -> Any:
     default=None,
     help="Where corpora, jobs and results go (default $PIPELINE_BENCH_DIR or /tmp/internvl-pipeline-bench).",
 )
-def bench(name: str, reps: int, quick: bool, workdir: str | None) -> None:
+def bench(name: str, reps: int | None, quick: bool, workdir: str | None) -> None:
     """Run benchmark NAME: a table, then one JSON line of results (see BENCHMARKS.md).
 
     \b
@@ -136,5 +138,85 @@ def bench(name: str, reps: int, quick: bool, workdir: str | None) -> None:
     benchmarks = _import_benchmarks()
     from benchmarks.common import DEFAULT_WORKDIR, BenchOptions
 
-    options = BenchOptions(reps=reps, quick=quick, workdir=Path(workdir) if workdir else DEFAULT_WORKDIR)
+    default_reps = {"pipeline": 3, "scaling": 3}.get(name, 5)
+    options = BenchOptions(
+        reps=reps or default_reps, quick=quick, workdir=Path(workdir) if workdir else DEFAULT_WORKDIR
+    )
     benchmarks.run_benchmark(name, options)
+
+
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--sample", type=int, default=1000, show_default=True, help="Manifest rows to sample (evenly spaced).")
+@click.option(
+    "--device",
+    default="h100",
+    show_default=True,
+    help="h100, h100-pcie, h200, a100, l40s, l4, or cpu (one thread's matmul rate, measured here).",
+)
+@click.option("--utilisation", type=float, default=0.5, show_default=True, help="Share of the peak rate achieved.")
+@click.option(
+    "--model", "model", default=None, help="Family member to cost (default: from model.name), e.g. InternVL3-8B."
+)
+@click.option("--peak-tflops", type=float, default=None, help="Override the device's peak dense BF16 TFLOP/s.")
+@click.option(
+    "--output-tokens",
+    type=int,
+    default=None,
+    help="Expected answer length (default task.max_new_tokens, an upper bound).",
+)
+@click.option(
+    "--check",
+    "check_output",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="A finished run's output folder: compare tiles and prompt tokens per row, and model time.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON object.")
+@job_errors_exit
+def plan(
+    job: str,
+    overrides: tuple[str, ...],
+    sample: int,
+    device: str,
+    utilisation: float,
+    model: str | None,
+    peak_tflops: float | None,
+    output_tokens: int | None,
+    check_output: str | None,
+    as_json: bool,
+) -> None:
+    """Predict JOB's tiles, tokens and device-hours from a sample of its manifest (headers only)."""
+    import json
+
+    from pipeline.planner import check_against_run, format_plan, plan_job
+    from pipeline.spec import load_spec
+
+    result = plan_job(
+        load_spec(job, list(overrides)),
+        sample=sample,
+        device=device,
+        utilisation=utilisation,
+        model=model,
+        peak_tflops=peak_tflops,
+        output_tokens=output_tokens,
+    )
+    data = result.to_json()
+    if check_output:
+        data["check"] = check_against_run(result, check_output)
+    if as_json:
+        click.echo(json.dumps(data, default=str))
+        return
+    click.echo(format_plan(result))
+    if check_output:
+        check = data["check"]
+        click.echo(
+            f"  check vs {check_output}: tiles exact {check['tiles_exact']}/{check['rows_compared']}, "
+            f"prompt tokens exact {check['prompt_tokens_exact']}/{check['rows_compared']}"
+        )
+        if "measured_over_predicted" in check:
+            click.echo(
+                f"  model time: measured {check['measured_model_seconds']:.3g} s, predicted "
+                f"{check['predicted_model_seconds']:.3g} s (measured/predicted {check['measured_over_predicted']})"
+            )

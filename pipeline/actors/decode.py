@@ -62,10 +62,21 @@ _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 _ORIENTATION_TAG = 0x0112
 
 
+def header_orientation(image: Image.Image) -> int:
+    """The EXIF orientation found in the headers of an opened image, without decoding pixels.
+
+    (Pillow's PNG plugin decodes the whole image to look for an EXIF chunk placed after the
+    pixel data; such rare files are read as unrotated here.)
+    """
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    return int(image.getexif().get(_ORIENTATION_TAG, 1) or 1)
+
+
 def header_size(image: Image.Image, exif_transpose: bool) -> tuple[int, int]:
     """Width and height as the tiler will see them, from an opened (not decoded) image."""
     width, height = image.size
-    if exif_transpose and image.getexif().get(_ORIENTATION_TAG, 1) in _SWAPPING_ORIENTATIONS:
+    if exif_transpose and header_orientation(image) in _SWAPPING_ORIENTATIONS:
         return height, width
     return width, height
 

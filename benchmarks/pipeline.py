@@ -1,0 +1,216 @@
+"""`bench pipeline`: the whole Ray pipeline against a sequential model-card script.
+
+Same rows (generated photos, portrait shots and scans, max_tiles 12), same model
+(tiny-random, float32 on CPU), same task (short captions, greedy, 64 new tokens):
+
+- `sequential`: `benchmarks.sequential`, the model card's loop - load one image, tile and
+  normalise it, `model.generate` with batch 1, next; torch with 1 thread or its default
+  (one per core), whichever is faster on this machine at the time (timed on 3 images);
+- `pipeline`: `python -m pipeline run` on a new local Ray instance, with its defaults
+  (2 CPU workers, one replica, batch 8, window 64);
+- `no-model`: the same pipeline with `model.name: none` (an engine that answers nothing
+  but still tokenizes): the pipeline's own ceiling on this machine.
+
+Each contender is a fresh process; the repetitions are interleaved. Reported: wall time
+including start-up (imports, Ray, model load), and steady-state rows/s measured between
+the first results and the last (start-up and the first batch excluded; the same rule
+for every contender). The answers of the pipeline are compared with the script's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.common import BenchOptions, emit, machine, median, ratio, say, table
+from benchmarks.corpus import PREPROCESS_RECIPES, build_corpus
+
+MAX_TILES = 12
+MAX_NEW_TOKENS = 64
+
+
+def write_manifest(folder: Path, paths: list[str], rows: int) -> Path:
+    """A manifest cycling through the corpus files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / f"manifest-{rows}.parquet"
+    uris = [paths[i % len(paths)] for i in range(rows)]
+    pq.write_table(pa.table({"id": [f"row-{i:06d}" for i in range(rows)], "uri": uris}), manifest)
+    return manifest
+
+
+def job_file(folder: Path, manifest: Path, model: str, overrides: dict[str, Any] | None = None) -> Path:
+    """A job spec for the pipeline contenders."""
+    spec: dict[str, Any] = {
+        "name": f"bench-{model}",
+        "input": {"manifest": str(manifest)},
+        "task": {"kind": "caption", "max_new_tokens": MAX_NEW_TOKENS},
+        "preprocess": {"max_tiles": MAX_TILES},
+        "model": {"name": model, "batch_size": 8},
+        "output": {"path": str(folder / f"out-{model}"), "mode": "overwrite", "rows_per_file": 8},
+        "ray": {"address": "local"},
+    }
+    for section, values in (overrides or {}).items():
+        spec.setdefault(section, {}).update(values)
+    path = folder / f"job-{model}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def steady_rate(points: list[tuple[float, int]]) -> float:
+    """Rows/s between the first result and the last: (rows at end - rows at first) / elapsed."""
+    points = [p for p in points if p[1] > 0]
+    if len(points) < 2 or points[-1][0] <= points[0][0]:
+        return 0.0
+    return (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
+
+
+def run_pipeline(job: Path, env: dict[str, str], timeout: float) -> dict[str, Any]:
+    """One `python -m pipeline run` in its own process; its summary, wall time and answers."""
+    spec = yaml.safe_load(job.read_text())
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", str(job)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"pipeline run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    output = Path(spec["output"]["path"])
+    summary = json.loads((output / "_summary.json").read_text())
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(output, columns=["id", "text", "error"])
+    texts = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True))
+    points = [(float(t), int(n)) for t, n in summary["throughput"]]
+    return {
+        "wall_s": wall,
+        "steady_rows_per_s": steady_rate(points),
+        "rows": summary["rows_done"],
+        "errors": summary["rows_with_errors"],
+        "texts": texts,
+    }
+
+
+def run_sequential(manifest: Path, folder: Path, env: dict[str, str], timeout: float) -> dict[str, Any]:
+    """The model-card script in its own process."""
+    out = folder / "sequential.json"
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.sequential", str(manifest), str(out), str(MAX_TILES), str(MAX_NEW_TOKENS)],
+        env=env,
+        check=True,
+        timeout=timeout,
+        capture_output=True,
+    )
+    wall = time.perf_counter() - started
+    data = json.loads(out.read_text())
+    points = [(t, i + 1) for i, t in enumerate(data["done_at"])]
+    return {
+        "wall_s": wall,
+        "steady_rows_per_s": steady_rate(points),
+        "rows": len(data["texts"]),
+        "errors": 0,
+        "torch_threads": data["threads"],
+        "texts": dict(zip(data["ids"], data["texts"], strict=True)),
+    }
+
+
+def run(options: BenchOptions) -> dict[str, Any]:
+    """Run the contenders interleaved; print the table; return the result."""
+    from pipeline.models.tiny_random import ensure_tiny_random
+
+    folder = options.workdir / "pipeline-bench"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    recipes = PREPROCESS_RECIPES[:3] if options.quick else PREPROCESS_RECIPES
+    corpus = build_corpus(options.workdir, recipes)
+    rows = 24 if options.quick else 128
+    reps = 1 if options.quick else max(1, options.reps)
+    manifest = write_manifest(folder, [image.path for image in corpus], rows)
+    ensure_tiny_random(None)  # built once, outside the timed runs
+    env = dict(os.environ)
+    checkout = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = checkout + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("PIPELINE_PROGRESS_INTERVAL_S", "30")
+    timeout = 3600.0
+    jobs = {
+        "pipeline": job_file(folder, manifest, "tiny-random"),
+        "no-model": job_file(folder, manifest, "none"),
+    }
+    names = ["sequential", "pipeline", "no-model"]
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    say(f"{rows} rows ({len(corpus)} distinct images), {reps} repetition(s) of {', '.join(names)}, interleaved")
+    for rep in range(reps):
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order:
+            say(f"  rep {rep + 1}: {name} ...")
+            if name == "sequential":
+                results[name].append(run_sequential(manifest, folder, env, timeout))
+            else:
+                results[name].append(run_pipeline(jobs[name], env, timeout))
+            last = results[name][-1]
+            say(f"    wall {last['wall_s']:.1f} s, steady {last['steady_rows_per_s']:.2f} rows/s")
+
+    def med(name: str, key: str) -> float:
+        return median([r[key] for r in results[name]])
+
+    sequential_texts = results["sequential"][0]["texts"]
+    pipeline_texts = results["pipeline"][0]["texts"]
+    same = sum(1 for key, text in sequential_texts.items() if pipeline_texts.get(key) == text)
+    table_rows = []
+    for name in names:
+        table_rows.append(
+            [
+                name,
+                med(name, "steady_rows_per_s"),
+                f"{med(name, 'steady_rows_per_s') / med('sequential', 'steady_rows_per_s'):.2f}x",
+                med(name, "wall_s"),
+                rows / med(name, "wall_s"),
+                f"{med('sequential', 'wall_s') / med(name, 'wall_s'):.2f}x",
+            ]
+        )
+    say(
+        table(
+            ["contender", "steady rows/s", "vs sequential", "wall s (with start-up)", "rows/s (wall)", "vs sequential"],
+            table_rows,
+        )
+    )
+    say(f"answers identical to the sequential script: {same}/{len(sequential_texts)} rows")
+    return {
+        "name": "pipeline",
+        "speedup": ratio(med("pipeline", "steady_rows_per_s"), med("sequential", "steady_rows_per_s")),
+        "speedup_wall": ratio(med("sequential", "wall_s"), med("pipeline", "wall_s")),
+        "steady_rows_per_s": {name: round(med(name, "steady_rows_per_s"), 3) for name in names},
+        "wall_s": {name: round(med(name, "wall_s"), 2) for name in names},
+        "no_model_ceiling_vs_pipeline": ratio(
+            med("no-model", "steady_rows_per_s"), med("pipeline", "steady_rows_per_s")
+        ),
+        "answers_identical": f"{same}/{len(sequential_texts)}",
+        "rows": rows,
+        "reps": reps,
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "runs": {name: [{k: v for k, v in r.items() if k != "texts"} for r in results[name]] for name in names},
+        "machine": machine(),
+    }
+
+
+def main(options: BenchOptions) -> dict[str, Any]:
+    """Entry point of `python -m pipeline bench pipeline`."""
+    result = run(options)
+    emit(result, options.workdir)
+    return result

@@ -1,0 +1,165 @@
+"""The capacity planner: exact tiles and prompt tokens against a real run (headers only), the
+FLOP model against design.md's figures, manifest sampling, and the `plan` command."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO
+from media import write_image, write_manifest, write_png_header_only
+from PIL import Image
+
+from pipeline.planner import (
+    FAMILY,
+    RowPrediction,
+    check_against_run,
+    make_plan,
+    model_shape,
+    plan_job,
+    sample_rows,
+)
+
+
+def write_video(path: Path, frames: int = 40, size: tuple[int, int] = (320, 240)) -> Path:
+    """A short H.264 clip written with PyAV."""
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(frames):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def rotated_jpeg(path: Path, width: int, height: int) -> Path:
+    """A JPEG stored landscape with EXIF orientation 6 (shown portrait)."""
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+@pytest.mark.slow
+def test_predictions_equal_a_real_run(tmp_path: Path, make_spec, ray_session):
+    """Tiles and prompt tokens per row, from headers only, equal what the run computed."""
+    from pipeline.runner import run
+
+    media = tmp_path / "media"
+    media.mkdir()
+    rows = [
+        {"id": "photo", "uri": str(write_image(media / "photo.jpg", 1600, 1200, seed=1))},
+        {"id": "wide", "uri": str(write_image(media / "wide.png", 2000, 500, seed=2))},
+        {"id": "small", "uri": str(write_image(media / "small.jpg", 300, 200, seed=3))},
+        {"id": "portrait", "uri": str(write_image(media / "portrait.jpg", 900, 1600, seed=4))},
+        {"id": "rotated", "uri": str(rotated_jpeg(media / "rotated.jpg", 1400, 700))},
+        {"id": "grey", "uri": str(write_image(media / "grey.png", 700, 990, seed=5, mode="L"))},
+        {"id": "video", "uri": str(write_video(media / "clip.mp4"))},
+        {"id": "text", "uri": None, "prompt": "Name three colours."},
+        {"id": "asks", "uri": str(write_image(media / "asks.jpg", 640, 480, seed=6)), "prompt": "What is here?"},
+        {"id": "missing", "uri": str(media / "nope.jpg")},
+        {"id": "bomb", "uri": str(write_png_header_only(media / "bomb.png", 200_000, 200_000))},
+    ]
+    for row in rows:
+        row.setdefault("prompt", None)
+    manifest = write_manifest(tmp_path / "manifest.parquet", rows)
+    spec = make_spec(manifest, task={"max_new_tokens": 4}, preprocess={"max_tiles": 12, "num_frames": 6})
+    run(spec)
+    result = plan_job(spec, sample=100, device="cpu", utilisation=1.0)
+    assert result.sampled_rows == len(rows)
+    predicted = {p.id: p for p in result.rows}
+    assert predicted["missing"].error_kind == "missing"
+    assert predicted["bomb"].error_kind == "image_too_large"
+    check = check_against_run(result, spec.output.path)
+    assert check["rows_compared"] == len(rows) - 2
+    assert check["tiles_exact"] == check["rows_compared"], check["mismatches"]
+    assert check["prompt_tokens_exact"] == check["rows_compared"], check["mismatches"]
+    actual = {r["id"]: r for r in pq.read_table(spec.output.path).to_pylist()}
+    assert predicted["video"].num_tiles == 6 == actual["video"]["num_tiles"]
+    assert actual["rotated"]["num_tiles"] == predicted["rotated"].num_tiles
+    assert check["measured_over_predicted"] > 0
+
+
+def test_flop_model_matches_design_figures():
+    """design.md: InternVL3-8B on one H100 at 800 TFLOP/s bounds captions at ~77 images/s with
+    2 tiles and ~25 with 7 tiles (prefill only); InternViT-300M ~0.72 TFLOP per tile."""
+    shape = FAMILY["InternVL3-8B"]
+    assert shape.vision.flops_per_tile == pytest.approx(0.72e12, rel=0.1)
+    assert FAMILY["InternVL3-78B"].vision.flops_per_tile == pytest.approx(12e12, rel=0.1)
+    assert shape.language.params == pytest.approx(7.6e9, rel=0.03)
+    text_tokens = 60  # system message, template and a short question
+    for tiles, images_per_s in ((2, 77), (7, 25)):
+        prediction = RowPrediction("r", "image", tiles, 256 * tiles + text_tokens)
+        flops = shape.vision.flops_per_tile * tiles + shape.language.prefill_flops(prediction.prompt_tokens)
+        assert 800e12 / flops == pytest.approx(images_per_s, rel=0.1)
+
+
+def test_family_names_resolve():
+    assert model_shape("OpenGVLab/InternVL3-8B-hf").name == "InternVL3-8B"
+    assert model_shape("dummy:InternVL3-1B").name == "InternVL3-1B"
+    assert model_shape("/models/internvl3-14b").name == "InternVL3-14B"
+    assert model_shape("InternVL3-78B").gpus > 1
+    assert model_shape("tiny-random").name == "tiny-random"
+    assert model_shape("some/other-model") is None
+
+
+def test_plan_scales_the_sample_to_the_manifest(tmp_path: Path, make_spec):
+    from pipeline.readers.manifest import plan_manifest
+
+    image = write_image(tmp_path / "a.jpg", 900, 600)
+    manifest = write_manifest(tmp_path / "m.parquet", [{"id": f"r{i}", "uri": str(image)} for i in range(250)])
+    spec = make_spec(manifest, input={"manifest": str(manifest), "rows_per_shard": 40})
+    rows = sample_rows(spec, plan_manifest(spec.input), 10)
+    ids = [int(r["id"][1:]) for r in rows]
+    assert len(ids) == 10 and ids[0] == 0 and ids[-1] == 249 and ids == sorted(ids)
+    result = plan_job(spec, sample=10, device="h100", utilisation=0.5, model="InternVL3-2B", output_tokens=32)
+    assert result.manifest_rows == 250 and result.mean_tiles == 7  # 900x600 -> 3x2 grid + thumbnail
+    per_row_s = result.tflop_per_row * 1e12 / (989e12 * 0.5)
+    assert result.device_seconds_per_1000_rows == pytest.approx(1000 * per_row_s, rel=1e-3)
+    assert result.device_hours_total == pytest.approx(250 * per_row_s / 3600, rel=1e-2)
+    plan = make_plan(spec, plan_manifest(spec.input), result.rows, FAMILY["InternVL3-2B"], "x", 100.0, 1.0, 0, "t", 0)
+    assert plan.tflop_per_row == plan.tflop_per_row_prefill_only
+
+
+def test_plan_command(tmp_path: Path):
+    image = write_image(tmp_path / "a.jpg", 1200, 900)
+    manifest = write_manifest(tmp_path / "m.parquet", [{"id": f"r{i}", "uri": str(image)} for i in range(20)])
+    job = tmp_path / "job.yaml"
+    job.write_text(f"input:\n  manifest: {manifest}\noutput:\n  path: {tmp_path / 'out'}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "plan", str(job), "--model", "InternVL3-8B", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    assert data["manifest_rows"] == 20 and data["model"] == "InternVL3-8B" and data["device"] == "h100"
+    assert data["device_hours_total"] > 0
+    unknown = subprocess.run(
+        [sys.executable, "-m", "pipeline", "plan", str(job), "--set", "model.name=acme/vlm"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert unknown.returncode == 2 and "--model" in unknown.stderr
