@@ -96,8 +96,20 @@ def test_broken_videos_are_bad_video_errors(tmp_path: Path):
             decode_video(str(path), 8)
         assert error.value.kind == "bad_video", name
         assert "Stack trace" not in error.value.message and len(error.value.message) < 400
-    with pytest.raises(RowError, match="no video stream"):
+    with pytest.raises(RowError, match="no video stream decord can decode"):
         decode_video(str(cases["audio_only"]), 8)
+
+
+def test_av1_is_a_clear_row_error(tmp_path: Path):
+    """decord's wheels cannot decode AV1: the row says so instead of failing obscurely."""
+    import av
+
+    if "libsvtav1" not in av.codecs_available:
+        pytest.skip("this PyAV build cannot write AV1")
+    path = write_video(tmp_path / "clip.mp4", 10, 25, codec="libsvtav1")
+    with pytest.raises(RowError, match="AV1") as error:
+        decode_video(str(path), 8)
+    assert error.value.kind == "bad_video"
 
 
 def test_truncated_matroska_gives_the_frames_that_survive(tmp_path: Path):

@@ -32,16 +32,20 @@ def frame_number(image: np.ndarray) -> int:
     return sum(1 << bit for bit, value in enumerate(columns) if value > 127)
 
 
-def write_video(path: Path, frames: int, fps: float | Fraction, width: int = 128, height: int = 72) -> Path:
-    """A clip of `frames` numbered frames at `fps`; the codec follows the extension. 0 frames is allowed."""
+def write_video(
+    path: Path, frames: int, fps: float | Fraction, width: int = 128, height: int = 72, codec: str | None = None
+) -> Path:
+    """A clip of `frames` numbered frames at `fps`; the codec follows the extension unless given.
+    0 frames is allowed. (A rate must be a Fraction for PyAV: a float is refused.)"""
     import av
 
     rate = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1001)
+    codec = codec or CODECS[path.suffix]
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(CODECS[path.suffix], rate=rate)
+        stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        if CODECS[path.suffix] == "libx264":
+        if codec == "libx264":
             stream.options = {"crf": "18", "preset": "ultrafast"}
         if frames == 0:
             container.start_encoding()  # a valid container with a video stream and no frames

@@ -74,7 +74,10 @@ def decode_video(source: str | bytes, num_frames: int, bound: tuple[float, float
 def _open_failure(error: BaseException) -> str:
     """Why decord could not open a clip, in words a user can act on."""
     if "cannot find video stream" in str(error):
-        return "the file has no video stream (audio only, or a container without frames)"
+        return (
+            "no video stream decord can decode: the file is audio only, has no frames, or uses a codec "
+            "decord's FFmpeg lacks (e.g. AV1)"
+        )
     return f"cannot open the video ({_short(error)})"
 
 
