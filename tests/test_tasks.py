@@ -140,6 +140,10 @@ def test_multi_image_errors_name_the_image(tmp_path: Path, spec_for):
     assert missing.error_kind == "missing" and "image 2" in missing.error
     video = preprocessor.prepare({"id": "m", "uri": None, "uris": [clip, good]})
     assert video.error_kind == "unknown_media" and "image 1" in video.error
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    capped = Preprocessor(spec_for(preprocess={"max_tiles_total": 8}))
+    broken = capped.prepare({"id": "m", "uri": None, "uris": [good, str(tmp_path / "broken.png")]})
+    assert broken.error_kind == "decode_error" and "image 2" in broken.error and broken.tiles == []
     blank = preprocessor.prepare({"id": "m", "uri": None, "uris": [good, ""]})
     assert blank.error_kind == "bad_row" and "[2]" in blank.error
     both = preprocessor.prepare({"id": "m", "uri": str(tmp_path / "other.png"), "uris": [good]})

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -274,9 +276,14 @@ class Preprocessor:
         max_tiles = self.pre.max_tiles or 12
         if self.pre.max_tiles_total is None:  # one image in memory at a time
             for position, item in enumerate(uris, start=1):
-                self._tiles_for_image(self._image_bytes(item, position), max_tiles, prepared)
+                with _naming_the_image(position, item):
+                    self._tiles_for_image(self._image_bytes(item), max_tiles, prepared)
             return
-        images = [self._decode(self._image_bytes(item, k), max_tiles)[0] for k, item in enumerate(uris, start=1)]
+        # Full decodes (no draft scaling): the common limit is chosen from the images' true sizes.
+        images = []
+        for position, item in enumerate(uris, start=1):
+            with _naming_the_image(position, item):
+                images.append(decode_image(self._image_bytes(item), self.pre.max_image_pixels, self.pre.exif_transpose))
         limit = multi_image_tile_limit(
             [image.size for image in images],
             self.pre.min_tiles,
@@ -287,16 +294,22 @@ class Preprocessor:
         for image in images:
             self._add_tiles(image, limit, prepared)
 
-    def _image_bytes(self, uri: str, position: int) -> bytes:
-        """The bytes of the image at `position` of a multi-image row; errors name the image."""
-        try:
-            data = self._fetch(uri)
-            kind = self._media_type({}, uri, data)
-        except RowError as error:
-            raise RowError(error.kind, f"image {position} ({uri}): {error.message}") from None
+    def _image_bytes(self, uri: str) -> bytes:
+        """The bytes of one image of a multi-image row (a video or audio file there is an error)."""
+        data = self._fetch(uri)
+        kind = self._media_type({}, uri, data)
         if kind != IMAGE:
-            raise RowError("unknown_media", f"image {position} ({uri}) is a {kind}; multi-image rows take images only")
+            raise RowError("unknown_media", f"it is a {kind}; multi-image rows take images only")
         return data
+
+
+@contextmanager
+def _naming_the_image(position: int, uri: str) -> Iterator[None]:
+    """Prefix a row error raised for one image of a multi-image row with which image it was."""
+    try:
+        yield
+    except RowError as error:
+        raise RowError(error.kind, f"image {position} ({uri}): {error.message}") from None
 
 
 def _uri_list(value: Any) -> list[str]:
