@@ -218,7 +218,8 @@ class HeaderPreprocessor(Preprocessor):
             return data
         return super()._fetch(self._prefix[0])
 
-    def _tiles_for_image(self, data: bytes, max_tiles: int, prepared: PreparedRow) -> None:
+    def _header_size(self, data: bytes) -> tuple[int, int]:
+        """An image's size as the tiler sees it (EXIF rotation included), checked against the pixel budget."""
         try:
             width, height = image_size(data, self.pre.exif_transpose)
         except RowError:
@@ -229,9 +230,35 @@ class HeaderPreprocessor(Preprocessor):
                 f"{width}x{height} = {width * height} pixels exceeds "
                 f"preprocess.max_image_pixels={self.pre.max_image_pixels}",
             )
-        grid = self._grid(width, height, max_tiles)
+        return width, height
+
+    def _add_grid(self, size: tuple[int, int], max_tiles: int, prepared: PreparedRow) -> None:
+        grid = self._grid(size[0], size[1], max_tiles)
         prepared.tiles.append(np.empty((grid.num_tiles, 0, 0, 3), dtype=np.uint8))
         prepared.tiles_per_image.append(grid.num_tiles)
+
+    def _tiles_for_image(self, data: bytes, max_tiles: int, prepared: PreparedRow) -> None:
+        self._add_grid(self._header_size(data), max_tiles, prepared)
+
+    def _multi_image(self, uris: list[str], prepared: PreparedRow) -> None:
+        """As the stage does it, with the common tile limit chosen from header sizes."""
+        from pipeline.actors.media_type import IMAGE
+        from pipeline.actors.preprocess import _naming_the_image, multi_image_tile_limit
+
+        if self.pre.max_tiles_total is None:
+            super()._multi_image(uris, prepared)
+            return
+        prepared.media_type = IMAGE
+        sizes = []
+        for position, item in enumerate(uris, start=1):
+            with _naming_the_image(position, item):
+                sizes.append(self._header_size(self._image_bytes(item)))
+        max_tiles = self.pre.max_tiles or 12
+        limit = multi_image_tile_limit(
+            sizes, self.pre.min_tiles, max_tiles, self.pre.max_tiles_total, self.pre.use_thumbnail
+        )
+        for size in sizes:
+            self._add_grid(size, limit, prepared)
 
     def _video(self, row: dict[str, Any], source: str | bytes, prepared: PreparedRow) -> None:
         """Frame count and rate from the container's index; pixels only if a frame may take several tiles."""

@@ -60,6 +60,8 @@ class LocalHead:
 
 def start_head(num_cpus: int = 4, extra_env: dict[str, str] | None = None) -> LocalHead:
     """Start a token-authenticated head on free ports and wait until its job API answers."""
+    # A head in token mode refuses to start without a token; make one if this user has none yet.
+    subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, timeout=60)
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     gcs_port, dashboard_port, client_port = free_port(), free_port(), free_port()
     worker_low = 30000 + (gcs_port % 20) * 1000

@@ -55,7 +55,10 @@ def generation_options(spec: JobSpec) -> GenerationOptions:
     """Decoding settings of a (resolved) spec."""
     assert spec.task.max_new_tokens is not None, "resolve_spec() fills task.max_new_tokens"
     schema = None
-    if spec.task.kind == "moderation":
+    fixed_length = spec.model.name.startswith("dummy:")
+    # A dummy model writes exactly max_new_tokens tokens, which a grammar that ends the JSON
+    # with the stop token cannot allow: benchmarks of moderation run unconstrained.
+    if spec.task.kind == "moderation" and not fixed_length:
         from pipeline.prompts.moderation import answer_schema
 
         schema = answer_schema(spec.task.categories, spec.task.max_new_tokens)
@@ -67,7 +70,7 @@ def generation_options(spec: JobSpec) -> GenerationOptions:
         repetition_penalty=spec.task.repetition_penalty,
         seed=spec.task.seed,
         json_schema=schema,
-        fixed_length=spec.model.name.startswith("dummy:"),
+        fixed_length=fixed_length,
     )
 
 
