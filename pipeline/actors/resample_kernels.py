@@ -11,27 +11,14 @@ import numpy as np
 
 
 @numba.njit(cache=True, nogil=True)
-def transpose_pixels(src: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
-    """(H, W) uint32 pixels -> (W, H), in cache-sized blocks."""
-    height, width = src.shape
-    block = 16
-    for y0 in range(0, height, block):
-        y1 = min(y0 + block, height)
-        for x0 in range(0, width, block):
-            x1 = min(x0 + block, width)
-            for x in range(x0, x1):
-                for y in range(y0, y1):
-                    out[x, y] = src[y, x]
-
-
-@numba.njit(cache=True, nogil=True)
 def resample_rows(
     src: np.ndarray, starts: np.ndarray, taps: np.ndarray, weights: np.ndarray, out: np.ndarray
 ) -> None:  # pragma: no cover - compiled
-    """out[o] = clip((sum_t weights[o, t] * src[starts[o] + t] + 2^21) >> 22) over rows of uint8.
+    """The vertical pass: out[o] = clip((sum_t weights[o, t] * src[starts[o] + t] + 2^21) >> 22).
 
-    Pillow's fixed-point arithmetic (int32 sums, arithmetic shift, clip to 0..255), with
-    the loop over taps outside the loop over the row so the inner loop vectorises.
+    Rows of uint8 (each byte a channel); Pillow's fixed-point arithmetic (int32 sums,
+    arithmetic shift, clip to 0..255), with the loop over taps outside the loop over the
+    row, so the inner loop vectorises.
     """
     width = src.shape[1]
     acc = np.empty(width, dtype=np.int32)
@@ -64,3 +51,42 @@ def cut_tiles(pixels: np.ndarray, tiles: np.ndarray, first: int, cols: int) -> N
                 target[x, 0] = source[y, base + 4 * x]
                 target[x, 1] = source[y, base + 4 * x + 1]
                 target[x, 2] = source[y, base + 4 * x + 2]
+
+
+@numba.njit(cache=True, nogil=True)
+def resample_columns(
+    src: np.ndarray, starts: np.ndarray, taps: np.ndarray, weights: np.ndarray, out: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """The horizontal pass: (H, W) uint32 RGBX pixels -> (H, Wo), Pillow's arithmetic.
+
+    Works on strips of rows: a strip is transposed into a small buffer that stays in the
+    CPU cache, so that each output column is a weighted sum of whole buffer rows (the same
+    vectorised loop as `resample_rows`), then written back in place.
+    """
+    height, width = src.shape
+    out_width = out.shape[1]
+    strip = 64
+    block = np.empty((width, strip), dtype=np.uint32)
+    block_bytes = block.view(np.uint8)
+    acc = np.empty(strip * 4, dtype=np.int32)
+    out_bytes = out.view(np.uint8)
+    for y0 in range(0, height, strip):
+        rows = min(strip, height - y0)
+        lanes = rows * 4
+        for j in range(rows):
+            line = src[y0 + j]
+            for x in range(width):
+                block[x, j] = line[x]
+        for o in range(out_width):
+            acc[:lanes] = 1 << 21
+            first = starts[o]
+            for t in range(taps[o]):
+                k = weights[o, t]
+                column = block_bytes[first + t]
+                for i in range(lanes):
+                    acc[i] += np.int32(column[i]) * k
+            for j in range(rows):
+                target = out_bytes[y0 + j]
+                for c in range(4):
+                    v = acc[j * 4 + c] >> 22
+                    target[o * 4 + c] = 0 if v < 0 else (255 if v > 255 else v)
