@@ -14,7 +14,8 @@ Same rows (generated photos, portrait shots and scans, max_tiles 12), same model
 Each contender is a fresh process; the repetitions are interleaved. Reported: wall time
 including start-up (imports, Ray, model load), and steady-state rows/s measured between
 the first results and the last (start-up and the first batch excluded; the same rule
-for every contender). The answers of the pipeline are compared with the script's.
+for every contender: the script's per-row times, the pipeline's `completed_at` column).
+The answers of the pipeline are compared with the script's.
 """
 
 from __future__ import annotations
@@ -75,6 +76,21 @@ def steady_rate(points: list[tuple[float, int]]) -> float:
     return (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
 
 
+def completion_points(stamps: list[float]) -> list[tuple[float, int]]:
+    """(time, rows written so far) at each distinct write time, from the rows' `completed_at`.
+
+    The output's own timestamps, not the driver's progress series: the driver may receive
+    the write statistics later than the files are written.
+    """
+    points: list[tuple[float, int]] = []
+    for count, stamp in enumerate(sorted(stamps), start=1):
+        if points and stamp - points[-1][0] < 0.5:  # one write burst
+            points[-1] = (points[-1][0], count)
+        else:
+            points.append((stamp, count))
+    return points
+
+
 def run_pipeline(job: Path, env: dict[str, str], timeout: float) -> dict[str, Any]:
     """One `python -m pipeline run` in its own process; its summary, wall time and answers."""
     spec = yaml.safe_load(job.read_text())
@@ -94,9 +110,9 @@ def run_pipeline(job: Path, env: dict[str, str], timeout: float) -> dict[str, An
     summary = json.loads((output / "_summary.json").read_text())
     import pyarrow.parquet as pq
 
-    table = pq.read_table(output, columns=["id", "text", "error"])
+    table = pq.read_table(output, columns=["id", "text", "error", "completed_at"])
     texts = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True))
-    points = [(float(t), int(n)) for t, n in summary["throughput"]]
+    points = completion_points([stamp.timestamp() for stamp in table.column("completed_at").to_pylist()])
     return {
         "wall_s": wall,
         "steady_rows_per_s": steady_rate(points),
@@ -164,7 +180,8 @@ def run(options: BenchOptions) -> dict[str, Any]:
             else:
                 results[name].append(run_pipeline(jobs[name], env, timeout))
             last = results[name][-1]
-            say(f"    wall {last['wall_s']:.1f} s, steady {last['steady_rows_per_s']:.2f} rows/s")
+            threads = f", torch threads {last['torch_threads']}" if "torch_threads" in last else ""
+            say(f"    wall {last['wall_s']:.1f} s, steady {last['steady_rows_per_s']:.2f} rows/s{threads}")
 
     def med(name: str, key: str) -> float:
         return median([r[key] for r in results[name]])
