@@ -1,0 +1,62 @@
+"""The benchmark suite's plumbing: the `bench` command's contract (a table, then one JSON line),
+the steady-state rule, the model-card baseline's fidelity. Benchmarks report; no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from conftest import REPO
+from media import write_image
+
+from benchmarks.pipeline import completion_points, steady_rate
+from benchmarks.reference import load_image, reference_tiles
+from pipeline.actors.preprocess import Preprocessor
+from pipeline.models.hf_engine import normalise_tiles
+from pipeline.prompts.tasks import resolve_spec
+
+
+def test_bench_batching_prints_a_table_then_one_json_line(tmp_path: Path):
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "bench", "batching", "--quick", "--workdir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert result["name"] == "batching"
+    assert 0 <= result["padding_fraction"] < result["padding_fraction_arrival"]
+    assert any("padding" in line for line in lines[:-1])
+    assert json.loads((tmp_path / "bench-batching.json").read_text())["name"] == "batching"
+
+
+def test_unknown_benchmark_is_refused():
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "bench", "nonsense"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2 and "nonsense" in done.stderr
+
+
+def test_steady_rate_excludes_start_up_and_merges_write_bursts():
+    points = completion_points([100.0, 100.1, 100.2, 110.0, 110.3, 120.0])
+    assert points == [(100.0, 3), (110.0, 5), (120.0, 6)]
+    assert steady_rate(points) == (6 - 3) / 20
+    assert steady_rate([(5.0, 10)]) == 0.0
+
+
+def test_model_card_baseline_is_what_the_stage_reproduces(tmp_path: Path, make_spec):
+    """The baseline's tiles and pixel values equal ours (so the comparison is like for like)."""
+    path = write_image(tmp_path / "a.jpg", 1000, 700, seed=3)
+    spec = resolve_spec(make_spec("unused.parquet", preprocess={"max_tiles": 12}))
+    tiles = Preprocessor(spec).prepare({"id": "a", "uri": str(path)}).tiles[0]
+    assert np.array_equal(tiles, reference_tiles(str(path)))
+    import torch
+
+    assert torch.equal(normalise_tiles(tiles, torch.device("cpu"), torch.float32), load_image(str(path)))
