@@ -63,6 +63,7 @@ def job_file(folder: Path, manifest: Path, model: str, overrides: dict[str, Any]
     }
     for section, values in (overrides or {}).items():
         spec.setdefault(section, {}).update(values)
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"job-{model}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
