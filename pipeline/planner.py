@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -602,8 +601,3 @@ def check_against_run(result: CapacityPlan, output: str) -> dict[str, Any]:
             }
         )
     return check
-
-
-def default_sample() -> int:
-    """Rows sampled unless --sample says otherwise."""
-    return int(os.environ.get("PIPELINE_PLAN_SAMPLE", "1000"))
