@@ -109,3 +109,17 @@ def test_self_check_passes_with_this_pillow():
 def test_bad_size_is_refused():
     with pytest.raises(ValueError, match="cannot resize"):
         resample.resize_rgbx(noise_image(10, 10), [(0, 5)])
+
+
+def test_a_numba_failure_falls_back_to_pillow(monkeypatch):
+    """If numba cannot compile or cache on a node, the stage warns and uses Pillow (same pixels)."""
+
+    def broken() -> bool:
+        raise RuntimeError("cannot cache function: no locator available")
+
+    monkeypatch.setattr(resample, "_kernels", None)
+    monkeypatch.setattr(resample, "_self_check", broken)
+    with pytest.warns(RuntimeWarning, match="fast resampler disabled"):
+        assert resample.fast_resize_available() is False
+    image = noise_image(300, 200, seed=4)
+    assert np.array_equal(resample.resize_rgb_many(image, [(448, 448)])[0], pillow(image, (448, 448)))

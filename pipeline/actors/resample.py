@@ -97,12 +97,12 @@ def _compile() -> Any:
     except ImportError:  # numba is not installed: Pillow's own resize (identical, slower)
         return _kernels
     _kernels = resample_kernels
-    if not _self_check():
-        warnings.warn(
-            f"the fast resampler does not reproduce Pillow {PIL.__version__} exactly; using Pillow's resize",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    try:
+        problem = None if _self_check() else f"it does not reproduce Pillow {PIL.__version__} exactly"
+    except Exception as error:  # numba cannot compile or cache here: Pillow's resize still works
+        problem = f"numba failed ({type(error).__name__}: {error})"
+    if problem:
+        warnings.warn(f"fast resampler disabled, using Pillow's resize: {problem}", RuntimeWarning, stacklevel=2)
         _kernels = False
     return _kernels
 
@@ -123,7 +123,7 @@ def rgbx_pixels(image: Image.Image) -> np.ndarray:
     width, height = image.size
     try:
         exported = pa.array(image)
-    except ValueError:  # rows not in one block (Pillow's default allocator for large images)
+    except (ValueError, TypeError):  # not one block (Pillow's default for large images), or an old Pillow
         raw = image.tobytes("raw", "RGBX")
         return np.frombuffer(raw, dtype=np.uint32).reshape(height, width)
     values = exported.values
