@@ -31,7 +31,11 @@ def hash_ids(ids: pa.Array) -> np.ndarray:
 class DuplicateFinder:
     """Feed it batches of ids with `add`, then ask for `duplicates`."""
 
-    def __init__(self, buffer_ids: int = 4_000_000, spill_dir: str | None = None) -> None:
+    # 2 MB of hashes: the driver's memory stays flat from small manifests to large ones
+    # (`python -m pipeline bench scaling`); spilling costs a sequential write of 8 bytes per id.
+    DEFAULT_BUFFER_IDS = 262_144
+
+    def __init__(self, buffer_ids: int = DEFAULT_BUFFER_IDS, spill_dir: str | None = None) -> None:
         self._buffer_ids = buffer_ids
         self._pending: list[np.ndarray] = []
         self._pending_count = 0
