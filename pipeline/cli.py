@@ -93,3 +93,86 @@ def spec_reference() -> None:
     from pipeline.spec_docs import spec_reference_markdown
 
     click.echo(spec_reference_markdown())
+
+
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option(
+    "--address",
+    default=None,
+    help="The cluster's job API, e.g. http://HEAD:8265 (default RAY_API_SERVER_ADDRESS or RAY_ADDRESS).",
+)
+@click.option("--follow", is_flag=True, help="Stream the job's logs and exit with its status (0 only on success).")
+@click.option(
+    "--working-dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Folder shipped as the job's working directory (default: this project's folder).",
+)
+@click.option("--submission-id", default=None, help="A unique id for the job (default: Ray makes one).")
+@set_option
+@job_errors_exit
+def submit(
+    job: str,
+    address: str | None,
+    follow: bool,
+    working_dir: str | None,
+    submission_id: str | None,
+    overrides: tuple[str, ...],
+) -> None:
+    """Submit JOB to a Ray cluster: ships this project as the working dir with the spec's runtime_env,
+    runs `python -m pipeline run JOB` there, prints the job id; --follow streams the logs."""
+    from pathlib import Path
+
+    from pipeline import submit as submission
+
+    where = submission.api_address(address)
+    folder = Path(working_dir) if working_dir else submission.project_root()
+    spec, plan = submission.prepare(job, list(overrides), folder)
+    for warning in submission.path_warnings(spec):
+        click.echo(f"warning: {warning}", err=True)
+    client = submission.connect(where)
+    job_id = submission.submit(client, plan, spec, submission_id)
+    click.echo(job_id)
+    if not follow:
+        click.echo(
+            f"submitted {spec.name!r} to {where}; follow it with: ray job logs --follow --address {where} {job_id}",
+            err=True,
+        )
+        return
+    try:
+        status = submission.follow(client, job_id, lambda text: click.echo(text, nl=False))
+    except KeyboardInterrupt:
+        click.echo(
+            f"\nstopped following; the job keeps running (stop it with: ray job stop --address {where} {job_id})",
+            err=True,
+        )
+        sys.exit(130)
+    click.echo(f"job {job_id} {status}", err=True)
+    sys.exit(0 if status == "SUCCEEDED" else EXIT_RUN_FAILED)
+
+
+@main.command()
+@click.argument("source")
+@click.option("-o", "--output", required=True, help="The manifest to write: a .parquet path, local or s3://.")
+@click.option("--endpoint-url", default=None, help="S3-compatible endpoint (default AWS_ENDPOINT_URL).")
+@click.option("--region", default=None, help="S3 region (default AWS_REGION).")
+@click.option("--rows-per-group", default=10_000, show_default=True, help="Rows per Parquet row group.")
+@job_errors_exit
+def manifest(source: str, output: str, endpoint_url: str | None, region: str | None, rows_per_group: int) -> None:
+    """List the images and videos under SOURCE (a folder, an s3:// prefix, or a quoted glob such as
+    's3://bucket/photos/**/*.jpg') into a manifest: id (the key relative to SOURCE), uri, media_type,
+    size_bytes."""
+    from collections import Counter
+
+    from pipeline.errors import JobError
+    from pipeline.readers.listing import list_media, write_listing
+    from pipeline.spec import StorageSpec
+
+    storage = StorageSpec(endpoint_url=endpoint_url, region=region)
+    media = list_media(source, storage)
+    if not media:
+        raise JobError(f"no images or videos found at {source} (looked for image and video file extensions)")
+    rows = write_listing(media, output, storage, rows_per_group)
+    kinds = Counter(item.media_type for item in media)
+    click.echo(f"wrote {rows} rows ({kinds['image']} images, {kinds['video']} videos) to {output}")

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import JobError
 from pipeline.readers.manifest import ManifestPlan
 from pipeline.spec import JobSpec, StorageSpec
-from pipeline.storage import filesystem_for, join_uri
+from pipeline.storage import describe, filesystem_for, join_uri, make_dirs, storage_exceptions
 
 FINGERPRINT_FILE = "_job.json"
 SUCCESS_MARKER = "_SUCCESS"
@@ -92,10 +92,10 @@ def prepare_output(spec: JobSpec, plan: ManifestPlan) -> None:
         fs, path = filesystem_for(output, spec.storage)
         if spec.output.mode == "overwrite" and fs.exists(path):
             fs.rm(path, recursive=True)
-        fs.makedirs(path, exist_ok=True)
+        make_dirs(output, spec.storage)
         previous = _read_json(join_uri(output, FINGERPRINT_FILE), spec.storage)
-    except (OSError, ValueError) as error:
-        raise JobError(f"output.path: cannot use {output}: {error}") from None
+    except storage_exceptions(ValueError) as error:
+        raise JobError(f"output.path: cannot use {output}: {describe(error, output, spec.storage)}") from None
     current: dict[str, Any] = {"fingerprint": fingerprint(spec), "manifest_files": plan.file_sizes}
     if previous is not None:
         _check_same_job(output, previous, current)
@@ -104,8 +104,8 @@ def prepare_output(spec: JobSpec, plan: ManifestPlan) -> None:
         current["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
         _write_json(join_uri(output, FINGERPRINT_FILE), current, spec.storage)
-    except (OSError, ValueError) as error:
-        raise JobError(f"output.path: cannot write to {output}: {error}") from None
+    except storage_exceptions(ValueError) as error:
+        raise JobError(f"output.path: cannot write to {output}: {describe(error, output, spec.storage)}") from None
 
 
 def _check_same_job(output: str, previous: dict[str, Any], current: dict[str, Any]) -> None:
@@ -143,7 +143,7 @@ def done_shards(output: str, storage: StorageSpec | None) -> set[str]:
 def mark_shard_done(output: str, shard: str, storage: StorageSpec | None) -> None:
     """Record that every row of `shard` is in the output."""
     fs, path = filesystem_for(join_uri(output, shard, SUCCESS_MARKER), storage)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    make_dirs(join_uri(output, shard), storage)
     with fs.open(path, "wb") as handle:
         handle.write(b"")
 

@@ -11,13 +11,13 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import JobError
 from pipeline.progress import RunTracker, print_summary
 from pipeline.prompts.tasks import resolve_spec
-from pipeline.readers.manifest import ManifestPlan, check_ids, plan_manifest
+from pipeline.readers.manifest import ManifestPlan, check_ids
 from pipeline.spec import JobSpec
 from pipeline.storage import filesystem_for, join_uri
 
@@ -31,6 +31,7 @@ class CheckedJob:
 
     spec: JobSpec
     plan: ManifestPlan
+    uploads: dict[str, bytes] = field(default_factory=dict)  # a media listing's manifest parts, stored at run
 
 
 def absolute_paths(spec: JobSpec) -> JobSpec:
@@ -50,13 +51,18 @@ def absolute_paths(spec: JobSpec) -> JobSpec:
 def check_job(spec: JobSpec) -> CheckedJob:
     """Every check that needs no cluster and no model: spec rules, manifest contract, template columns."""
     spec = absolute_paths(resolve_spec(spec))
-    plan = plan_manifest(spec.input, spec.storage)
+    from pipeline.readers.listing import plan_input
+    from pipeline.readers.media import check_stores
     from pipeline.validation import check_model_settings, check_task_columns
 
+    inputs = plan_input(spec)  # a Parquet manifest, or a listing of media (whose ids are unique by construction)
+    plan = inputs.plan
     check_task_columns(spec, plan)
     check_model_settings(spec)
-    check_ids(plan, spec.storage, spec.input.check_duplicates)
-    return CheckedJob(spec=spec, plan=plan)
+    if not inputs.listed:
+        check_ids(plan, spec.storage, spec.input.check_duplicates)
+    check_stores(spec, plan, probe_media=not inputs.listed)
+    return CheckedJob(spec=spec, plan=plan, uploads=inputs.uploads)
 
 
 def connect_ray(spec: JobSpec) -> str:
@@ -133,6 +139,10 @@ def execute(checked: CheckedJob, echo: Any = print) -> dict[str, Any]:
     echo(f"[pipeline] using {where}")
     use_gpu = decide_gpu(spec)
     prepare_output(spec, plan)
+    if checked.uploads:
+        from pipeline.readers.listing import store_listing
+
+        store_listing(checked.uploads, spec.storage)
     done = done_shards(spec.output.path, spec.storage) if spec.output.mode == "resume" else set()
     pending = [shard for shard in plan.shards if shard.key not in done]
     tracker = RunTracker(

@@ -240,6 +240,18 @@ class StorageSpec(StrictModel):
     )
     region: str | None = Field(default=None, description="S3 region; default AWS_REGION / AWS_DEFAULT_REGION.")
     anonymous: bool = Field(default=False, description="Read public buckets without credentials.")
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="Seconds to wait for a connection to the object store before a retry."
+    )
+    read_timeout_s: float = Field(
+        default=60.0, gt=0, description="Seconds without data from the object store before a read is retried."
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Attempts per object-store request (the S3 client's own retries, exponential backoff with "
+        "jitter); a media read is then retried preprocess.fetch_retries more times.",
+    )
 
 
 class RuntimeEnvSpec(StrictModel):
@@ -273,6 +285,38 @@ class JobSpec(StrictModel):
     output: OutputSpec = Field(description="Where the results go.")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Object-store settings.")
     ray: RaySpec = Field(default_factory=RaySpec, description="Cluster settings.")
+
+
+# Keys that would put credentials into a job file. Credentials come only from the standard
+# AWS chain (environment, profile, instance role), so such keys are refused by name, and the
+# message never repeats their values.
+_AWS_SECRET_NAMES = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token"})
+_STORAGE_SECRET_NAMES = frozenset(
+    {"access_key_id", "secret_access_key", "session_token", "access_key", "secret_key", "secret", "token", "password"}
+)
+
+
+def _credential_keys(data: Any, path: str = "") -> list[str]:
+    found: list[str] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            name = str(key).lower()
+            where = f"{path}{key}"
+            if name in _AWS_SECRET_NAMES or (path == "storage." and name in _STORAGE_SECRET_NAMES):
+                found.append(where)
+            found.extend(_credential_keys(value, f"{where}."))
+    return found
+
+
+def refuse_credentials(data: Any, source: str) -> None:
+    """Fail, naming the keys (never the values), if a spec tries to carry credentials."""
+    keys = _credential_keys(data)
+    if keys:
+        raise SpecError(
+            f"{source}: {', '.join(keys)}: credentials never go in a job file (it is shipped, logged and kept "
+            "with the output). Use the standard AWS chain instead: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in "
+            "the environment, AWS_PROFILE, or an instance role on the cluster's nodes."
+        )
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -313,6 +357,7 @@ def parse_spec(data: Any, source: str = "job spec", overrides: list[str] | None 
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping of sections (input, task, ...), got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
+    refuse_credentials(data, source)
     try:
         return JobSpec.model_validate(data)
     except ValidationError as error:
