@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
 import threading
 import urllib.request
@@ -96,6 +97,7 @@ def start_s3() -> S3Server:
     from moto.server import ThreadedMotoServer
 
     port = free_port()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     return S3Server(endpoint=f"http://127.0.0.1:{port}", server=server)

@@ -216,6 +216,13 @@ def classify_input(source: str, storage: StorageSpec | None) -> tuple[str, str, 
             f"input.manifest: {source} matches both Parquet files and media; narrow the glob to one kind "
             "(e.g. **/*.parquet for a manifest, **/*.jpg for media)"
         )
+    if not has_parquet and not has_media:
+        what = (
+            "matches no Parquet files and no images or videos"
+            if globlib.has_magic(path)
+            else ("holds no Parquet files and no images or videos")
+        )
+        raise JobError(f"input.manifest: {source} {what}; point it at a manifest, a folder or a glob of media")
     return ("media" if has_media and not has_parquet else "parquet"), root, found
 
 
