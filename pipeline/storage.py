@@ -153,7 +153,8 @@ def filesystem_for(uri: str, storage: StorageSpec | None = None) -> tuple[Abstra
     """The fsspec filesystem that serves `uri`, and the path to hand it."""
     scheme = uri_scheme(uri)
     if scheme in ("s3", "s3a"):
-        return _s3_filesystem(s3_settings(storage)), strip_scheme(uri)
+        # No trailing slash: callers join paths with '/', and 'prefix//key' is another key on S3.
+        return _s3_filesystem(s3_settings(storage)), strip_scheme(uri).rstrip("/")
     if scheme == "file":
         from fsspec.implementations.local import LocalFileSystem
 
