@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import re
 import shlex
 import time
 from collections.abc import Callable
@@ -96,7 +97,8 @@ def prepare(job: str, overrides: list[str], working_dir: Path) -> tuple[JobSpec,
     except ValueError:
         text = job_path.read_bytes()
         digest = hashlib.sha1(text).hexdigest()[:12]
-        staged = working_dir / STAGING_FOLDER / f"{job_path.stem}-{digest}.yaml"
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", job_path.stem)
+        staged = working_dir / STAGING_FOLDER / f"{stem}-{digest}.yaml"
         staged.parent.mkdir(exist_ok=True)
         staged.write_bytes(text)
         shipped = staged.relative_to(working_dir)
@@ -142,19 +144,30 @@ def first_line(error: BaseException) -> str:
     return type(error).__name__
 
 
-def submit(client: Any, submission: Submission, spec: JobSpec, submission_id: str | None = None) -> str:
-    """Upload the working dir and start the job; returns its id. A staged spec copy is removed afterwards."""
+def submit(
+    client: Any, submission: Submission, spec: JobSpec, submission_id: str | None = None, wait_s: float = 60.0
+) -> str:
+    """Upload the working dir and start the job; returns its id. A staged spec copy is removed afterwards.
+
+    A head that has just started answers "no available agent ... try again later" until its
+    job agent is up; that answer is retried (the upload is content-addressed, so it happens once)."""
+    deadline = time.monotonic() + wait_s
     try:
-        return str(
-            client.submit_job(
-                entrypoint=submission.entrypoint,
-                runtime_env=submission.runtime_env,
-                submission_id=submission_id,
-                metadata={"pipeline_job": spec.name},
-            )
-        )
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        raise JobError(f"the cluster refused the job: {first_line(error)}") from None
+        while True:
+            try:
+                return str(
+                    client.submit_job(
+                        entrypoint=submission.entrypoint,
+                        runtime_env=submission.runtime_env,
+                        submission_id=submission_id,
+                        metadata={"pipeline_job": spec.name},
+                    )
+                )
+            except (ConnectionError, RuntimeError, ValueError) as error:
+                if "try again later" in str(error) and time.monotonic() < deadline:
+                    time.sleep(2.0)
+                    continue
+                raise JobError(f"the cluster refused the job: {first_line(error)}") from None
     finally:
         if submission.staged_spec is not None:
             submission.staged_spec.unlink(missing_ok=True)

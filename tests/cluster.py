@@ -66,6 +66,9 @@ def start_head(num_cpus: int = 4, extra_env: dict[str, str] | None = None) -> Lo
     gcs_port, dashboard_port, client_port = free_port(), free_port(), free_port()
     worker_low = 30000 + (gcs_port % 20) * 1000
     env = {**os.environ, "RAY_AUTH_MODE": "token", **(extra_env or {})}
+    # As in an activated virtualenv: a job's entrypoint `python -m pipeline ...` must find this
+    # interpreter (with Ray and the project's dependencies), not whatever `python` PATH has first.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("RAY_ADDRESS", None)
     process = subprocess.Popen(
         [
@@ -77,6 +80,12 @@ def start_head(num_cpus: int = 4, extra_env: dict[str, str] | None = None) -> Lo
             f"--dashboard-port={dashboard_port}",
             "--dashboard-host=127.0.0.1",
             f"--ray-client-server-port={client_port}",
+            # The job agent's HTTP port defaults to 52365 for every head: with another head on this
+            # machine it cannot bind, and job submissions get "No available agent" forever.
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
             f"--min-worker-port={worker_low}",
             f"--max-worker-port={worker_low + 999}",
             f"--num-cpus={num_cpus}",

@@ -84,12 +84,12 @@ def test_checks_on_the_driver(s3, checkpoint):
     bucket = uri[len("s3://") :].split("/")[0]
     with pytest.raises(JobError, match="nothing found under"):
         check_checkpoint_prefix(f"s3://{bucket}/models/typo", storage)
-    with pytest.raises(JobError, match="no config.json at its top level"):
+    with pytest.raises(JobError, match=r"no config\.json at its top level"):
         check_checkpoint_prefix(f"s3://{bucket}/models", storage)
     s3.put(bucket, "configs-only/config.json", b"{}")
     with pytest.raises(JobError, match="no weights"):
         check_checkpoint_prefix(f"s3://{bucket}/configs-only", storage)
-    with pytest.raises(JobError, match="does not exist|nothing found"):
+    with pytest.raises(JobError, match=r"does not exist|nothing found"):
         check_checkpoint_prefix("s3://no-such-model-bucket/m", storage)
 
 
