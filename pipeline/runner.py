@@ -50,11 +50,13 @@ def absolute_paths(spec: JobSpec) -> JobSpec:
 
 def check_job(spec: JobSpec) -> CheckedJob:
     """Every check that needs no cluster and no model: spec rules, manifest contract, template columns."""
-    spec = absolute_paths(resolve_spec(spec))
     from pipeline.readers.listing import plan_input
     from pipeline.readers.media import check_stores
+    from pipeline.storage import resolved_storage
     from pipeline.validation import check_model_settings, check_task_columns
 
+    spec = absolute_paths(resolve_spec(spec))
+    spec = spec.model_copy(update={"storage": resolved_storage(spec.storage)})  # workers get the driver's endpoint
     inputs = plan_input(spec)  # a Parquet manifest, or a listing of media (whose ids are unique by construction)
     plan = inputs.plan
     check_task_columns(spec, plan)

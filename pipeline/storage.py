@@ -118,6 +118,15 @@ def s3_settings(storage: StorageSpec | None) -> S3Settings:
     )
 
 
+def resolved_storage(storage: StorageSpec) -> StorageSpec:
+    """The spec's storage section with endpoint and region filled in from this process's
+    environment. The driver ships the resolved section to every worker, so a job whose endpoint
+    was given only as AWS_ENDPOINT_URL works on workers started without it (e.g. a cluster
+    joined with ray.address). Credentials are not part of it: workers use their own chain."""
+    settings = s3_settings(storage)
+    return storage.model_copy(update={"endpoint_url": settings.endpoint_url, "region": settings.region})
+
+
 def _options(settings: S3Settings) -> dict[str, Any]:
     client_kwargs: dict[str, Any] = {}
     if settings.endpoint_url:

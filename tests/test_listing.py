@@ -151,6 +151,11 @@ def test_parquet_manifests_and_mixed_globs(s3, media_bucket, tmp_path: Path):
     output = f"s3://{media_bucket}/out"
     planned = plan_input(job(f"s3://{media_bucket}/data/set one/manifest/", output, s3.endpoint))
     assert not planned.listed and planned.plan.total_rows == 1
+    # The same manifest named as a file and as a glob.
+    expected = [f"s3://{media_bucket}/data/set one/manifest/part-0.parquet"]
+    for form in ("data/set one/manifest/part-0.parquet", "data/*/manifest/*.parquet"):
+        planned = plan_input(job(f"s3://{media_bucket}/{form}", output, s3.endpoint))
+        assert not planned.listed and planned.plan.files == expected
     # A folder holding both: Parquet wins (a manifest next to its media is common).
     assert not plan_input(job(f"s3://{media_bucket}/data/set one/", output, s3.endpoint)).listed
     with pytest.raises(JobError, match="matches both Parquet files and media"):
