@@ -120,20 +120,27 @@ def path_warnings(spec: JobSpec) -> list[str]:
     return warnings
 
 
+def _client_errors() -> tuple[type[BaseException], ...]:
+    """What Ray's job client raises for an unreachable, refusing or unauthenticated cluster."""
+    from ray.exceptions import RayError
+
+    return (ConnectionError, RuntimeError, ValueError, RayError)
+
+
 def connect(address: str) -> Any:
     """A job submission client for the cluster, or a JobError that says what to check."""
     from ray.job_submission import JobSubmissionClient
 
     try:
         return JobSubmissionClient(address)
-    except (ConnectionError, RuntimeError, ValueError) as error:
+    except _client_errors() as error:
         hint = ""
         if "401" in str(error) or "Authentication" in str(error) or "token" in str(error).lower():
             hint = (
                 " The cluster uses token authentication: export RAY_AUTH_MODE=token on this machine (the token is "
                 "read from RAY_AUTH_TOKEN or ~/.ray/auth_token)."
             )
-        raise JobError(f"--address: cannot reach the Ray job API at {address}: {first_line(error)}.{hint}") from None
+        raise JobError(f"--address: cannot use the Ray job API at {address}: {first_line(error)}.{hint}") from None
 
 
 def first_line(error: BaseException) -> str:
@@ -163,7 +170,7 @@ def submit(
                         metadata={"pipeline_job": spec.name},
                     )
                 )
-            except (ConnectionError, RuntimeError, ValueError) as error:
+            except _client_errors() as error:
                 if "try again later" in str(error) and time.monotonic() < deadline:
                     time.sleep(2.0)
                     continue
@@ -184,7 +191,7 @@ def follow(client: Any, job_id: str, write: Callable[[str], None], poll_s: float
 
     try:
         asyncio.run(stream())
-    except (ConnectionError, RuntimeError) as error:  # the stream broke; the job may still be running
+    except _client_errors() as error:  # the stream broke; the job may still be running
         write(f"[pipeline] log stream interrupted ({first_line(error)}); waiting for the job to end\n")
     while True:
         status = str(client.get_job_status(job_id))

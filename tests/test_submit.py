@@ -110,7 +110,18 @@ def test_bad_spec_or_address_fail_before_submitting(head, tmp_path: Path):
         text=True,
         timeout=120,
     )
-    assert nowhere.returncode == 2 and "cannot reach the Ray job API" in nowhere.stderr
+    assert nowhere.returncode == 2 and "cannot use the Ray job API" in nowhere.stderr
+    no_token_mode = {k: v for k, v in head.env.items() if k != "RAY_AUTH_MODE"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "pipeline", "submit", "jobs/quickstart.yaml", "--address", head.dashboard_url],
+        cwd=REPO,
+        env=no_token_mode,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2 and "export RAY_AUTH_MODE=token" in refused.stderr, refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: --address: cannot use the Ray job API")
 
 
 def test_prepare_builds_the_submission(tmp_path: Path):
