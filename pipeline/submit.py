@@ -19,6 +19,7 @@ import hashlib
 import os
 import re
 import shlex
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,6 +95,8 @@ def prepare(job: str, overrides: list[str], working_dir: Path) -> tuple[JobSpec,
     staged: Path | None = None
     try:
         shipped = job_path.relative_to(working_dir)
+        if ignored_by_git(job_path, working_dir):  # Ray leaves .gitignored files out of the upload
+            raise ValueError(shipped)
     except ValueError:
         text = job_path.read_bytes()
         digest = hashlib.sha1(text).hexdigest()[:12]
@@ -107,6 +110,19 @@ def prepare(job: str, overrides: list[str], working_dir: Path) -> tuple[JobSpec,
         command += ["--set", item]
     entrypoint = " ".join(shlex.quote(part) for part in command)
     return spec, Submission(entrypoint, runtime_env_for(spec, working_dir), staged)
+
+
+def ignored_by_git(path: Path, working_dir: Path) -> bool:
+    """Whether git would ignore `path` (Ray's upload honours .gitignore); False outside a git checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(working_dir), "check-ignore", "-q", str(path)],
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):  # no git here: nothing is ignored by it
+        return False
+    return result.returncode == 0
 
 
 def path_warnings(spec: JobSpec) -> list[str]:

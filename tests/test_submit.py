@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -132,3 +133,21 @@ def test_prepare_builds_the_submission(tmp_path: Path):
     assert submission.runtime_env["working_dir"] == str(REPO) and submission.staged_spec is None
     assert ".venv/" in submission.runtime_env["excludes"] and "/out/" in EXCLUDES
     assert "pip" not in submission.runtime_env and spec.name == "quickstart"
+
+
+def test_a_git_ignored_job_file_is_staged(tmp_path: Path):
+    """Ray's upload honours .gitignore: an ignored job file is shipped as a staged copy instead."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("private/\n")
+    job = tmp_path / "private" / "my job.yaml"
+    job.parent.mkdir()
+    shutil.copy(REPO / "jobs" / "quickstart.yaml", job)
+    _, staged = prepare(str(job), [], tmp_path)
+    assert staged.staged_spec is not None and staged.staged_spec.read_bytes() == job.read_bytes()
+    assert staged.entrypoint == f"python -m pipeline run {STAGING_FOLDER}/{staged.staged_spec.name}"
+    (tmp_path / "jobs").mkdir()
+    shutil.copy(job, tmp_path / "jobs" / "kept.yaml")
+    _, kept = prepare(str(tmp_path / "jobs" / "kept.yaml"), [], tmp_path)
+    assert kept.staged_spec is None and kept.entrypoint == "python -m pipeline run jobs/kept.yaml"
