@@ -63,45 +63,60 @@ def start_head(num_cpus: int = 4, extra_env: dict[str, str] | None = None) -> Lo
     # A head in token mode refuses to start without a token; make one if this user has none yet.
     subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, timeout=60)
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    gcs_port, dashboard_port, client_port = free_port(), free_port(), free_port()
+    gcs_port = free_port()
     worker_low = 30000 + (gcs_port % 20) * 1000
+    while worker_low <= gcs_port <= worker_low + 999:
+        gcs_port = free_port()
+        worker_low = 30000 + (gcs_port % 20) * 1000
+
+    def port() -> int:
+        """A free port outside this head's worker port range (Ray refuses overlaps)."""
+        while True:
+            candidate = free_port()
+            if not worker_low <= candidate <= worker_low + 999:
+                return candidate
+
+    dashboard_port, client_port = port(), port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", **(extra_env or {})}
     # As in an activated virtualenv: a job's entrypoint `python -m pipeline ...` must find this
     # interpreter (with Ray and the project's dependencies), not whatever `python` PATH has first.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("RAY_ADDRESS", None)
-    process = subprocess.Popen(
-        [
-            RAY,
-            "start",
-            "--head",
-            "--block",
-            f"--port={gcs_port}",
-            f"--dashboard-port={dashboard_port}",
-            "--dashboard-host=127.0.0.1",
-            f"--ray-client-server-port={client_port}",
-            # The job agent's HTTP port defaults to 52365 for every head: with another head on this
-            # machine it cannot bind, and job submissions get "No available agent" forever.
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
-            f"--min-worker-port={worker_low}",
-            f"--max-worker-port={worker_low + 999}",
-            f"--num-cpus={num_cpus}",
-            f"--temp-dir={temp_dir}",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    with open(os.path.join(temp_dir, "ray-start.log"), "wb") as log:  # the child keeps its own copy
+        process = subprocess.Popen(
+            [
+                RAY,
+                "start",
+                "--head",
+                "--block",
+                f"--port={gcs_port}",
+                f"--dashboard-port={dashboard_port}",
+                "--dashboard-host=127.0.0.1",
+                f"--ray-client-server-port={client_port}",
+                # The job agent's HTTP port defaults to 52365 for every head: with another head on this
+                # machine it cannot bind, and job submissions get "No available agent" forever.
+                f"--dashboard-agent-listen-port={port()}",
+                f"--dashboard-agent-grpc-port={port()}",
+                f"--runtime-env-agent-port={port()}",
+                f"--metrics-export-port={port()}",
+                f"--min-worker-port={worker_low}",
+                f"--max-worker-port={worker_low + 999}",
+                f"--num-cpus={num_cpus}",
+                f"--temp-dir={temp_dir}",
+                "--disable-usage-stats",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     head = LocalHead(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", temp_dir, process, env)
     deadline = time.time() + 120
     while time.time() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"ray start exited with {process.returncode}")
+            with open(os.path.join(temp_dir, "ray-start.log"), errors="replace") as log:
+                tail = log.read()[-2000:]
+            raise RuntimeError(f"ray start exited with {process.returncode}:\n{tail}")
         try:
             with urllib.request.urlopen(f"{head.dashboard_url}/api/version", timeout=2):
                 return head
