@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import glob as globlib
 import hashlib
+import os
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +38,9 @@ from pipeline.storage import (
     StorageError,
     describe,
     filesystem_for,
+    is_remote,
     join_uri,
+    make_dirs,
     storage_exceptions,
     with_scheme,
 )
@@ -156,11 +160,6 @@ def parquet_bytes(table: pa.Table, row_group_size: int) -> bytes:
 
 def write_bytes(uri: str, data: bytes, storage: StorageSpec | None) -> None:
     """Publish a whole file at once: a temporary name and a rename locally, one upload on S3."""
-    import os
-    import uuid
-
-    from pipeline.storage import is_remote, make_dirs
-
     fs, path = filesystem_for(uri, storage)
     if is_remote(uri):
         with fs.open(path, "wb") as handle:
