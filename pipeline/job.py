@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 from pipeline.readers.manifest import ManifestPlan, Shard
-from pipeline.spec import JobSpec
+from pipeline.spec import JobSpec, ModelSpec
 
 # Fault tolerance: Ray Data's actor pools restart dead actors without limit and retry
 # their batches (max_restarts=-1, max_task_retries=-1 are its defaults, which we keep).
@@ -33,15 +33,36 @@ class StageResources:
     cpus_per_model_actor: float
 
 
+def gpus_per_replica(model: ModelSpec) -> int:
+    """GPUs one replica spans: its tensor-parallel ranks, or the GPUs a device_map replica is given."""
+    if model.device_map == "auto":
+        return model.gpus_per_replica or 1
+    return model.tensor_parallel
+
+
 def stage_resources(spec: JobSpec, use_gpu: bool) -> StageResources:
-    """Resources per model actor. A tensor-parallel gang's ranks reserve their own GPUs
-    (see `pipeline.models.tensor_parallel`), so its driving actor takes none."""
-    tp = spec.model.tensor_parallel
-    gpus = 1.0 if use_gpu and tp == 1 and spec.model.device_map is None else 0.0
-    if use_gpu and spec.model.device_map == "auto":
-        gpus = float(tp)
-    cpus = spec.model.cpus_per_replica if tp == 1 else 0.1
-    return StageResources(use_gpu=use_gpu, gpus_per_model_actor=gpus, cpus_per_model_actor=cpus)
+    """Resources per model-stage actor.
+
+    - one process per replica (tensor_parallel 1): 1 GPU, or `gpus_per_replica` GPUs for a
+      `device_map: auto` replica whose layers accelerate spreads over them;
+    - a tensor-parallel gang: the actor only drives the gang; its ranks reserve their own
+      GPUs and CPUs in a placement group (see `pipeline.models.tensor_parallel`), so the
+      driving actor takes a sliver of a CPU and no GPU.
+    """
+    model = spec.model
+    if model.tensor_parallel > 1:
+        return StageResources(use_gpu=use_gpu, gpus_per_model_actor=0.0, cpus_per_model_actor=0.1)
+    gpus = float(gpus_per_replica(model)) if use_gpu else 0.0
+    return StageResources(use_gpu=use_gpu, gpus_per_model_actor=gpus, cpus_per_model_actor=model.cpus_per_replica)
+
+
+def model_stage_spec(spec: JobSpec, resources: StageResources) -> JobSpec:
+    """The spec the model stage sees: 'auto' device resolved as the driver decided, so that a
+    replica (or a gang's ranks, which reserve their GPUs themselves) runs where Ray reserved."""
+    if spec.model.device != "auto":
+        return spec
+    device = "cuda" if resources.use_gpu else "cpu"
+    return spec.model_copy(update={"model": spec.model.model_copy(update={"device": device})})
 
 
 def rows_per_model_call(spec: JobSpec) -> int:
@@ -83,7 +104,7 @@ def build_dataset(spec: JobSpec, plan: ManifestPlan, pending: list[Shard], resou
     )
     answered = prepared.map_batches(
         GenerateStage,
-        fn_constructor_kwargs={"spec": spec},
+        fn_constructor_kwargs={"spec": model_stage_spec(spec, resources)},
         batch_size=rows_per_model_call(spec),
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=spec.model.replicas),

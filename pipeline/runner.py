@@ -99,8 +99,10 @@ def decide_gpu(spec: JobSpec) -> bool:
     """Whether the model stage uses GPUs; fail fast when GPUs were asked for and the cluster has none."""
     import ray
 
+    from pipeline.job import gpus_per_replica
+
     gpus = float(ray.cluster_resources().get("GPU", 0.0))
-    needed = spec.model.tensor_parallel
+    needed = gpus_per_replica(spec.model)
     if spec.model.device == "cuda" and gpus < needed:
         raise JobError(
             f"model.device is 'cuda' and each replica needs {needed} GPU(s), but the Ray cluster has {gpus:g}. "
