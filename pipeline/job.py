@@ -12,6 +12,8 @@ stage that needs them.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
@@ -45,20 +47,40 @@ def stage_resources(spec: JobSpec, use_gpu: bool) -> StageResources:
 
     - one process per replica (tensor_parallel 1): 1 GPU, or `gpus_per_replica` GPUs for a
       `device_map: auto` replica whose layers accelerate spreads over them;
-    - a tensor-parallel gang: the actor only drives the gang; its ranks reserve their own
-      GPUs and CPUs in a placement group (see `pipeline.models.tensor_parallel`), so the
-      driving actor takes a sliver of a CPU and no GPU.
+    - a tensor-parallel gang: the actor only drives the gang. Each actor gets a placement
+      group of one bundle per rank (see `model_actor_placement`); the actor itself takes a
+      sliver of bundle 0's CPU and no GPU, its ranks take the bundles' GPUs.
     """
+    from pipeline.models.tensor_parallel import DRIVER_CPUS
+
     model = spec.model
     if model.tensor_parallel > 1:
-        return StageResources(use_gpu=use_gpu, gpus_per_model_actor=0.0, cpus_per_model_actor=0.1)
+        return StageResources(use_gpu=use_gpu, gpus_per_model_actor=0.0, cpus_per_model_actor=DRIVER_CPUS)
     gpus = float(gpus_per_replica(model)) if use_gpu else 0.0
     return StageResources(use_gpu=use_gpu, gpus_per_model_actor=gpus, cpus_per_model_actor=model.cpus_per_replica)
 
 
+def model_actor_placement(spec: JobSpec, resources: StageResources) -> dict[str, Any]:
+    """Extra map_batches arguments of the model stage: for tensor parallel, a function Ray Data
+    calls for each actor it creates, reserving that actor's gang (a placement group)."""
+    if spec.model.tensor_parallel == 1:
+        return {}
+    from pipeline.models.tensor_parallel import reserve_gang
+
+    return {"ray_remote_args_fn": functools.partial(reserve_gang, spec.model, resources.use_gpu)}
+
+
+def release_model_stage_resources() -> None:
+    """Free what the model stage reserved outside Ray Data's actors (tensor-parallel gangs);
+    the driver calls it when the dataset has finished, or failed."""
+    from pipeline.models.tensor_parallel import release_reserved_gangs
+
+    release_reserved_gangs()
+
+
 def model_stage_spec(spec: JobSpec, resources: StageResources) -> JobSpec:
     """The spec the model stage sees: 'auto' device resolved as the driver decided, so that a
-    replica (or a gang's ranks, which reserve their GPUs themselves) runs where Ray reserved."""
+    replica (or a gang's ranks, in their bundles) runs on what Ray reserved for it."""
     if spec.model.device != "auto":
         return spec
     device = "cuda" if resources.use_gpu else "cpu"
@@ -102,15 +124,20 @@ def build_dataset(spec: JobSpec, plan: ManifestPlan, pending: list[Shard], resou
         compute=ray.data.ActorPoolStrategy(size=spec.preprocess.workers),
         num_cpus=spec.preprocess.cpus_per_worker,
     )
-    answered = prepared.map_batches(
-        GenerateStage,
-        fn_constructor_kwargs={"spec": model_stage_spec(spec, resources)},
-        batch_size=rows_per_model_call(spec),
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=spec.model.replicas),
-        num_cpus=resources.cpus_per_model_actor,
-        num_gpus=resources.gpus_per_model_actor,
-    )
+    with warnings.catch_warnings():
+        # `ray_remote_args_fn` (per-actor placement groups) is deprecated from Ray 2.60 without a
+        # replacement yet; Ray Data LLM reserves its vLLM gangs the same way. Revisit with Ray >= 2.64.
+        warnings.filterwarnings("ignore", message="`ray_remote_args_fn` is deprecated")
+        answered = prepared.map_batches(
+            GenerateStage,
+            fn_constructor_kwargs={"spec": model_stage_spec(spec, resources)},
+            batch_size=rows_per_model_call(spec),
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=spec.model.replicas),
+            num_cpus=resources.cpus_per_model_actor,
+            num_gpus=resources.gpus_per_model_actor,
+            **model_actor_placement(spec, resources),
+        )
     labelled = answered.map_batches(
         cast(Any, postprocess_batch), fn_kwargs={"spec": spec}, batch_format="pyarrow", num_cpus=0.25
     )

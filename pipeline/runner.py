@@ -125,7 +125,7 @@ def execute(checked: CheckedJob, echo: Any = print) -> dict[str, Any]:
     """Run a checked job to the end; returns the summary."""
     from ray.data import DataContext
 
-    from pipeline.job import build_dataset, stage_resources
+    from pipeline.job import build_dataset, release_model_stage_resources, stage_resources
     from pipeline.models.preflight import preflight_model
     from pipeline.resume import done_shards, mark_shard_done, prepare_output
 
@@ -152,12 +152,15 @@ def execute(checked: CheckedJob, echo: Any = print) -> dict[str, Any]:
     if pending:
         dataset = build_dataset(spec, plan, pending, stage_resources(spec, use_gpu))
         last_line = 0.0
-        for stats in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            for shard in tracker.update(stats):
-                mark_shard_done(spec.output.path, shard, spec.storage)
-            if time.time() - last_line >= PROGRESS_INTERVAL_S:
-                echo(tracker.progress_line())
-                last_line = time.time()
+        try:
+            for stats in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                for shard in tracker.update(stats):
+                    mark_shard_done(spec.output.path, shard, spec.storage)
+                if time.time() - last_line >= PROGRESS_INTERVAL_S:
+                    echo(tracker.progress_line())
+                    last_line = time.time()
+        finally:
+            release_model_stage_resources()
     # Rows skipped inside partially done shards are counted as skipped, not pending.
     tracker.pending_rows = tracker.rows
     summary = tracker.summary(spec.name, spec.output.path, spec.model.name)

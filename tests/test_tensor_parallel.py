@@ -24,6 +24,18 @@ def test_device_layout_shows_each_rank_the_gangs_gpus_on_its_node():
     assert device_layout(placements) == [("1,3,10", 1), ("1,3,10", 0), ("0", 0), ("1,3,10", 2)]
 
 
+def test_model_stage_resources_for_gangs_and_layer_split_replicas(make_spec):
+    from pipeline.job import stage_resources
+    from pipeline.models.tensor_parallel import gang_bundles
+
+    gang = make_spec("m.parquet", model={"tensor_parallel": 4, "cpus_per_replica": 2})
+    assert stage_resources(gang, use_gpu=True).gpus_per_model_actor == 0  # the ranks hold the GPUs
+    assert gang_bundles(gang.model, use_gpu=True) == [{"CPU": 2.1, "GPU": 1.0}] + [{"CPU": 2.0, "GPU": 1.0}] * 3
+    split = make_spec("m.parquet", model={"device_map": "auto", "gpus_per_replica": 3})
+    assert stage_resources(split, use_gpu=True).gpus_per_model_actor == 3
+    assert stage_resources(split, use_gpu=False).gpus_per_model_actor == 0
+
+
 def texts_by_id(path: str) -> dict[str, tuple[str | None, int | None, str | None]]:
     table = pq.read_table(path)
     rows = table.to_pylist()
@@ -57,6 +69,21 @@ def test_tensor_parallel_job_answers_exactly_as_single_process(tmp_path: Path, m
     assert all(error is None for _, _, error in outputs[2].values())
     assert len({text for text, _, _ in outputs[1].values()}) == len(rows)  # the model looks at its input
     assert outputs[2] == outputs[1]
+    assert gangs_released(ray_session)
+
+
+def gangs_released(ray, timeout_s: float = 60.0) -> bool:
+    """Every placement group a gang reserved is gone once its job ends (its owner actor exited)."""
+    import time
+
+    from ray.util import placement_group_table
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(group["state"] == "REMOVED" for group in placement_group_table().values()):
+            return True
+        time.sleep(0.5)
+    return False
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,10 @@
 """Tensor-parallel replicas: one model replica spread over a gang of N Ray actors.
 
 The gang lives in one placement group (PACK by default, STRICT_PACK to force one node),
-one bundle - one GPU on CUDA - per rank. Each rank joins a torch.distributed process
+one bundle - one GPU on CUDA - per rank. In a job the driver reserves it for each
+model-stage actor (`reserve_gang`, Ray Data's `ray_remote_args_fn`, as Ray Data LLM does
+for vLLM) and schedules that actor into it, so a restarted actor finds its bundles again
+and the driver frees them all when the job ends (`release_reserved_gangs`). Each rank joins a torch.distributed process
 group (NCCL on CUDA, gloo on CPU) at rank 0's address and a fresh port, then loads the
 model with transformers' tensor-parallel plan: the language model's embeddings,
 attention, MLP and lm_head are sharded, the vision tower and projector run whole on every
@@ -11,8 +14,8 @@ returned. In float32, greedy answers equal the single-process ones token for tok
 
 A gang is all or nothing: if a rank dies, the others block in their next collective
 forever. So the driving engine watches every call: when a rank dies - or a rank fails
-and its peers are still blocked after a grace period - the whole gang is torn down
-(actors killed, placement group removed) and rebuilt, and a batch cut off by a death is
+and its peers are still blocked after a grace period - every rank is killed and the gang
+is rebuilt in the same placement group (Ray re-places the bundles of a lost node), and a batch cut off by a death is
 run again (`model.max_retries` times) on the new gang. The caller only ever sees one
 answer per row, or an error it can turn into row errors.
 """
@@ -88,6 +91,48 @@ def gang_uses_gpu(model: ModelSpec) -> bool:
     return float(ray.cluster_resources().get("GPU", 0.0)) >= model.tensor_parallel
 
 
+#: CPU the model-stage actor that drives a gang takes (it only sends batches to its ranks).
+DRIVER_CPUS = 0.1
+#: Placement groups this process (the job's driver) reserved for model-stage actors.
+_RESERVED_GANGS: list[Any] = []
+
+
+def gang_bundles(model: ModelSpec, use_gpu: bool) -> list[dict[str, float]]:
+    """One bundle per rank (its CPUs and GPU); bundle 0 also holds the driving actor."""
+    bundles = []
+    for rank in range(model.tensor_parallel):
+        bundle = {"CPU": model.cpus_per_replica + (DRIVER_CPUS if rank == 0 else 0.0)}
+        if use_gpu:
+            bundle["GPU"] = 1.0
+        bundles.append(bundle)
+    return bundles
+
+
+def reserve_gang(model: ModelSpec, use_gpu: bool) -> dict[str, Any]:
+    """Ray Data's `ray_remote_args_fn` for the model stage: a placement group per actor, the
+    actor scheduled into its bundle 0 and its children (the ranks) captured by the group."""
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = placement_group(gang_bundles(model, use_gpu), strategy=model.placement_strategy)
+    _RESERVED_GANGS.append(group)
+    return {
+        "scheduling_strategy": PlacementGroupSchedulingStrategy(
+            group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+        )
+    }
+
+
+def release_reserved_gangs() -> None:
+    """Free every gang this driver reserved (placement groups outlive the actors in them)."""
+    if not _RESERVED_GANGS:
+        return
+    from ray.util.placement_group import remove_placement_group
+
+    while _RESERVED_GANGS:
+        remove_placement_group(_RESERVED_GANGS.pop())
+
+
 class RankWorker:
     """One rank of a gang (a Ray actor): joins the process group, loads its shard, runs batches."""
 
@@ -127,10 +172,13 @@ class RankWorker:
             MASTER_PORT=str(port),
             CUDA_VISIBLE_DEVICES=visible_devices if use_gpu else "",
         )
+        import torch
         import torch.distributed as dist
 
         from pipeline.models.loading import load_engine
 
+        if use_gpu:
+            torch.cuda.set_device(local_rank)  # before NCCL creates its communicator on "the current device"
         dist.init_process_group(
             "nccl" if use_gpu else "gloo",
             init_method=f"tcp://{address}:{port}",
@@ -164,22 +212,59 @@ class RankWorker:
 
 
 class TensorParallelEngine(Engine):
-    """A replica made of `model.tensor_parallel` rank actors, driven from this process."""
+    """A replica made of `model.tensor_parallel` rank actors, driven from this process.
+
+    Inside a job this process is a model-stage actor scheduled into the gang's placement
+    group (see `reserve_gang`); used on its own (tests, notebooks) it reserves and frees
+    a group itself.
+    """
 
     def __init__(self, spec: JobSpec) -> None:
+        import ray
+
         self.model_spec = spec.model
         self.storage = spec.storage
         self.size = spec.model.tensor_parallel
         self.name = spec.model.name
-        self.use_gpu = gang_uses_gpu(spec.model)
         self.max_retries = spec.model.max_retries
         self.ranks: list[Any] = []
-        self.group: Any = None
         #: Gangs built after the first (deaths survived); for logs and tests.
         self.rebuilds = 0
+        self.group: Any = ray.util.get_current_placement_group()
+        self.owns_group = self.group is None
+        if self.group is None:
+            self.group = self._reserve_own_group()
+        self.use_gpu = "GPU" in self.group.bundle_specs[0]
+        if len(self.group.bundle_specs) != self.size:
+            raise JobError(
+                f"model.tensor_parallel={self.size} but this model actor's placement group has "
+                f"{len(self.group.bundle_specs)} bundles"
+            )
+        self._wait_until_placed()
         self._build_until_up()
 
     # ------------------------------------------------------------------ gang life cycle
+
+    def _reserve_own_group(self) -> Any:
+        from ray.util.placement_group import placement_group
+
+        bundles = gang_bundles(self.model_spec, gang_uses_gpu(self.model_spec))
+        return placement_group(bundles, strategy=self.model_spec.placement_strategy)
+
+    def _wait_until_placed(self) -> None:
+        import ray
+        from ray.exceptions import GetTimeoutError
+
+        try:
+            ray.get(self.group.ready(), timeout=PLACEMENT_TIMEOUT_S)
+        except GetTimeoutError:
+            bundles = self.group.bundle_specs
+            self.close()
+            raise JobError(
+                f"model.tensor_parallel={self.size}: the cluster could not place a gang of {bundles} "
+                f"({self.model_spec.placement_strategy}) within {PLACEMENT_TIMEOUT_S:g}s; check `ray status`, lower "
+                "model.replicas, or use PACK instead of STRICT_PACK"
+            ) from None
 
     def _build_until_up(self) -> None:
         """Build a gang, again after a rank dies while starting (up to max_retries times)."""
@@ -195,31 +280,15 @@ class TensorParallelEngine(Engine):
         raise ReplicaLost(f"a tensor-parallel gang of {self.size} ranks failed to start {self.max_retries + 1} times")
 
     def _build(self) -> None:
+        """Start one rank actor per bundle, join them at rank 0's address, load the shards."""
         import ray
-        from ray.exceptions import GetTimeoutError
-        from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        cpus = self.model_spec.cpus_per_replica
-        bundle: dict[str, float] = {"CPU": cpus, **({"GPU": 1.0} if self.use_gpu else {})}
-        self.group = placement_group(
-            [dict(bundle) for _ in range(self.size)], strategy=self.model_spec.placement_strategy
-        )
-        try:
-            ray.get(self.group.ready(), timeout=PLACEMENT_TIMEOUT_S)
-        except GetTimeoutError:
-            remove_placement_group(self.group)
-            self.group = None
-            raise JobError(
-                f"model.tensor_parallel={self.size}: the cluster could not place a gang of {self.size} x {bundle} "
-                f"({self.model_spec.placement_strategy}) within {PLACEMENT_TIMEOUT_S:g}s; check `ray status`, lower "
-                "model.replicas, or use PACK instead of STRICT_PACK"
-            ) from None
         forwarded = {key: value for key, value in os.environ.items() if key.startswith(FAULT_ENV_PREFIX)}
         worker = ray.remote(RankWorker)
         self.ranks = [
             worker.options(
-                num_cpus=cpus,
+                num_cpus=self.model_spec.cpus_per_replica,
                 num_gpus=1 if self.use_gpu else 0,
                 max_restarts=0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=index),
@@ -229,7 +298,7 @@ class TensorParallelEngine(Engine):
         ]
         placements = self._gather([rank.placement.remote() for rank in self.ranks])
         layout = device_layout(placements) if self.use_gpu else [("", 0)] * self.size
-        port = self._gather([self.ranks[0].free_port.remote()])[0]
+        port = self._gather([self.ranks[0].free_port.remote()])[0]  # a fresh port for every gang
         address = placements[0][0]
         infos = self._gather(
             [
@@ -240,16 +309,12 @@ class TensorParallelEngine(Engine):
         self.max_context = int(infos[0]["max_context"])
 
     def _teardown(self) -> None:
-        """Kill every rank (a live one may be blocked in a collective) and free the bundles."""
+        """Kill every rank: a live one may be blocked in a collective that will never complete."""
         import ray
-        from ray.util.placement_group import remove_placement_group
 
         for rank in self.ranks:
             ray.kill(rank, no_restart=True)
         self.ranks = []
-        if self.group is not None:
-            remove_placement_group(self.group)
-            self.group = None
 
     def _gather(self, refs: list[Any]) -> list[Any]:
         """Results of one call per rank, in rank order.
@@ -325,5 +390,10 @@ class TensorParallelEngine(Engine):
         )
 
     def close(self) -> None:
-        """Stop the gang and free its GPUs."""
+        """Stop the gang (and free its placement group if this engine reserved it)."""
         self._teardown()
+        if self.owns_group and self.group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.group)
+            self.group = None
