@@ -93,3 +93,19 @@ def spec_reference() -> None:
     from pipeline.spec_docs import spec_reference_markdown
 
     click.echo(spec_reference_markdown())
+
+
+@main.command(name="family")
+@click.option(
+    "--gpu-memory-gb",
+    "gpu_memory",
+    multiple=True,
+    type=float,
+    help="GPU sizes to size replicas for (repeatable; default 80 and 141).",
+)
+def family_table(gpu_memory: tuple[float, ...]) -> None:
+    """Print the InternVL3 presets: architecture, parameters (counted on the meta device), weight
+    memory and GPUs per replica. Downloads nothing."""
+    from pipeline.models.family import TABLE_GPU_SIZES_GB, presets_table
+
+    click.echo(presets_table(tuple(gpu_memory) or TABLE_GPU_SIZES_GB))

@@ -99,8 +99,10 @@ def decide_gpu(spec: JobSpec) -> bool:
     """Whether the model stage uses GPUs; fail fast when GPUs were asked for and the cluster has none."""
     import ray
 
+    from pipeline.job import gpus_per_replica
+
     gpus = float(ray.cluster_resources().get("GPU", 0.0))
-    needed = spec.model.tensor_parallel
+    needed = gpus_per_replica(spec.model)
     if spec.model.device == "cuda" and gpus < needed:
         raise JobError(
             f"model.device is 'cuda' and each replica needs {needed} GPU(s), but the Ray cluster has {gpus:g}. "
@@ -123,7 +125,7 @@ def execute(checked: CheckedJob, echo: Any = print) -> dict[str, Any]:
     """Run a checked job to the end; returns the summary."""
     from ray.data import DataContext
 
-    from pipeline.job import build_dataset, stage_resources
+    from pipeline.job import build_dataset, release_model_stage_resources, stage_resources
     from pipeline.models.preflight import preflight_model
     from pipeline.resume import done_shards, mark_shard_done, prepare_output
 
@@ -150,12 +152,15 @@ def execute(checked: CheckedJob, echo: Any = print) -> dict[str, Any]:
     if pending:
         dataset = build_dataset(spec, plan, pending, stage_resources(spec, use_gpu))
         last_line = 0.0
-        for stats in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            for shard in tracker.update(stats):
-                mark_shard_done(spec.output.path, shard, spec.storage)
-            if time.time() - last_line >= PROGRESS_INTERVAL_S:
-                echo(tracker.progress_line())
-                last_line = time.time()
+        try:
+            for stats in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                for shard in tracker.update(stats):
+                    mark_shard_done(spec.output.path, shard, spec.storage)
+                if time.time() - last_line >= PROGRESS_INTERVAL_S:
+                    echo(tracker.progress_line())
+                    last_line = time.time()
+        finally:
+            release_model_stage_resources()
     # Rows skipped inside partially done shards are counted as skipped, not pending.
     tracker.pending_rows = tracker.rows
     summary = tracker.summary(spec.name, spec.output.path, spec.model.name)
