@@ -33,8 +33,27 @@ def job_errors_exit(command: F) -> F:
         except (JobError, SpecError) as error:
             click.echo(f"error: {redact(str(error))}", err=True)
             sys.exit(EXIT_JOB_ERROR)
+        except Exception as error:
+            if not _object_store_unreachable(error):
+                raise
+            click.echo(
+                f"error: cannot reach the object store ({type(error).__name__}: {redact(str(error))}). "
+                "Check storage.endpoint_url (or AWS_ENDPOINT_URL), the network, and your AWS credentials",
+                err=True,
+            )
+            sys.exit(EXIT_JOB_ERROR)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _object_store_unreachable(error: Exception) -> bool:
+    """botocore's connection and credential errors, which s3fs passes through as they are
+    (not as OSError), so that the checks that catch OSError miss them."""
+    try:
+        from botocore.exceptions import BotoCoreError
+    except ImportError:
+        return False
+    return isinstance(error, BotoCoreError)
 
 
 set_option = click.option(

@@ -8,6 +8,7 @@ deliberate. One case also goes through the CLI: one line on stderr, exit status 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,30 @@ def test_cli_prints_one_line_and_exits_2(tmp_path: Path):
         f"error: {manifest}: the manifest has no column 'uri' (input.uri_column); its columns are: id, path. "
         "Set input.uri_column to the right column name.\n"
     )
+
+
+def test_unreachable_object_store_is_one_line_not_a_traceback(tmp_path: Path):
+    from cluster import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    job = write_job(
+        tmp_path,
+        "s3.yaml",
+        f"input:\n  manifest: s3://bucket/manifest.parquet\nstorage:\n  endpoint_url: {endpoint}\n"
+        "output:\n  path: out\n",
+    )
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "validate", str(job)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: cannot reach the object store (EndpointConnectionError: Could not connect ")
+    assert result.stderr.endswith(
+        "Check storage.endpoint_url (or AWS_ENDPOINT_URL), the network, and your AWS credentials\n"
+    )
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

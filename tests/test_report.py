@@ -256,7 +256,7 @@ def test_report_shows_every_row_video_frames_and_errors(job_run, tmp_path):
     assert len(frames) == 6
     assert "frames " in clip and 'src="data:image/jpeg;base64,' in clip
     missing = html[html.index('data-id="missing"') :].split("</article>")[0]
-    assert "sample-row failed" in html and "cannot show: missing" in missing
+    assert "sample-row failed" in html and "no preview" in missing and "does not exist" in missing
     assert "not a readable image" in html  # the decode error's example message
 
 

@@ -159,6 +159,14 @@ def short_prompt(prompt: str) -> str:
     return _IMAGE_RUN.sub(lambda m: f"<IMG_CONTEXT> x {len(m.group(0)) // len('<IMG_CONTEXT>')}", prompt)
 
 
+def compact(number: float) -> str:
+    """'7', '9,999', '12.8k', '3.4M', '1.2B': big counts that fit a card."""
+    for at_least, unit, suffix in ((1e9, 1e9, "B"), (1e6, 1e6, "M"), (1e4, 1e3, "k")):
+        if abs(number) >= at_least:
+            return f"{number / unit:.1f}{suffix}"
+    return f"{number:,.0f}"
+
+
 def _card(label: str, value: Any, bad: bool = False) -> str:
     return (
         f'<div class="card{" bad" if bad else ""}"><div class="value">{escape(str(value))}</div>'
@@ -169,12 +177,12 @@ def _card(label: str, value: Any, bad: bool = False) -> str:
 def _cards(data: ReportData) -> str:
     counts, summary = data.counts, data.summary or {}
     cards = [
-        _card("rows in the output", f"{counts.rows:,}"),
-        _card("rows ok", f"{counts.rows - counts.errors:,}"),
-        _card("rows with errors", f"{counts.errors:,}", bad=counts.errors > 0),
+        _card("rows in the output", compact(counts.rows)),
+        _card("rows ok", compact(counts.rows - counts.errors)),
+        _card("rows with errors", compact(counts.errors), bad=counts.errors > 0),
     ]
     if counts.flagged is not None:
-        cards.append(_card("flagged", f"{counts.flagged:,}", bad=counts.flagged > 0))
+        cards.append(_card("flagged", compact(counts.flagged), bad=counts.flagged > 0))
     if counts.mean_tiles is not None:
         cards.append(_card("mean tiles per row", f"{counts.mean_tiles:.2f}"))
     if summary:
@@ -185,13 +193,14 @@ def _cards(data: ReportData) -> str:
         ]
         skipped = summary.get("rows_skipped_by_resume")
         if skipped:
-            cards.append(_card("skipped by resume (last run)", f"{skipped:,}"))
+            cards.append(_card("skipped by resume (last run)", compact(skipped)))
         peaks = summary.get("gpu_peak_memory_bytes")
         if peaks:
             from pipeline.progress import format_bytes
 
             cards.append(_card("peak GPU memory per replica", format_bytes(max(peaks.values()))))
-    cards.append(_card("prompt / output tokens", f"{counts.prompt_tokens:,} / {counts.output_tokens:,}"))
+    cards.append(_card("prompt tokens", compact(counts.prompt_tokens)))
+    cards.append(_card("output tokens", compact(counts.output_tokens)))
     return '<section class="cards">' + "".join(cards) + "</section>"
 
 

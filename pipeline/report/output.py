@@ -53,6 +53,16 @@ COUNT_COLUMNS = (
 EXAMPLES_PER_KIND = 3
 
 
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """What reading an output or its media can raise when storage is unreachable: OSError, and
+    botocore's own errors (s3fs passes connection and credential failures through as they are)."""
+    try:
+        from botocore.exceptions import BotoCoreError
+    except ImportError:
+        return (OSError,)
+    return (OSError, BotoCoreError)
+
+
 def _hidden(relative: str) -> bool:
     return any(part.startswith(("_", ".")) for part in relative.split("/"))
 
@@ -104,8 +114,11 @@ def open_output(uri: str, storage: StorageSpec | None = None) -> JobOutput:
         found = sorted(
             p for p in fs.find(root) if p.endswith(".parquet") and not _hidden(p[len(root.rstrip("/")) + 1 :])
         )
-    except OSError as error:
-        raise JobError(f"{uri}: cannot list the output ({error}); check the path and your credentials") from None
+    except storage_errors() as error:
+        raise JobError(
+            f"{uri}: cannot list the output ({type(error).__name__}: {error}). Check the path, the endpoint "
+            "(--endpoint-url or AWS_ENDPOINT_URL), the network and your credentials"
+        ) from None
     summary = _read_json(fs, join_uri(root, SUMMARY_FILE))
     job = _read_json(fs, join_uri(root, FINGERPRINT_FILE))
     if not found:
