@@ -148,3 +148,35 @@ def test_throughput_series_and_chart():
     assert sum(r * 5 for r in rates) == pytest.approx(20)  # 20 s span in 4 buckets of 5 s
     svg = column_chart(rates, labels, title="t", y_label="rows/s", line=cumulative)
     assert svg.startswith("<svg") and svg.count("<rect") == 4 and "<polyline" in svg
+
+
+def test_report_page_shows_moderation_labels_and_ocr_text():
+    """Rendering is a pure function of the rows: moderation columns become badges, OCR text
+    keeps its lines, and whatever a model says is escaped."""
+    from pipeline.report.html import ReportData, SampleRow, render_report
+    from pipeline.report.media import Thumbnail
+    from pipeline.report.output import OutputCounts
+
+    moderated = {
+        "id": "m1",
+        "uri": "s3://b/m1.jpg",
+        "media_type": "image",
+        "task": "moderation",
+        "text": '{"flagged": true}',
+        "flagged": True,
+        "categories": ["violence"],
+        "reason": "a <b>fight</b>",
+    }
+    ocr = {"id": "p1", "uri": "/p1.png", "media_type": "image", "task": "ocr", "text": "# Title\n| a | b |"}
+    page = render_report(
+        ReportData(
+            output="s3://b/out",
+            generated_at="now",
+            counts=OutputCounts(rows=2, flagged=1),
+            samples=[SampleRow(moderated, Thumbnail(None, "x")), SampleRow(ocr, Thumbnail(None, "y"))],
+        )
+    )
+    assert '<span class="badge flagged">flagged</span><span class="badge">violence</span>' in page
+    assert "a &lt;b&gt;fight&lt;/b&gt;" in page and "<b>fight</b>" not in page
+    assert '<pre class="answer"># Title\n| a | b |</pre>' in page
+    assert page.count('<article class="sample-row') == 2

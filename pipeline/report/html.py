@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from html import escape
 from typing import Any
 
@@ -80,6 +80,7 @@ h2 { font-size: 18px; margin: 28px 0 12px; }
 .card .value { font-size: 22px; font-weight: 600; }
 .card .label { color: var(--muted); font-size: 12px; }
 .card.bad .value { color: var(--bad); }
+details.settings { margin-top: 12px; }
 .charts { display: flex; flex-wrap: wrap; gap: 14px; }
 .charts svg { max-width: 100%; height: auto; }
 figure { margin: 0; background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 10px; }
@@ -140,7 +141,6 @@ class ReportData:
     summary: dict[str, Any] | None = None
     job: dict[str, Any] | None = None
     files: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -349,6 +349,26 @@ def _sample_row(sample: SampleRow) -> str:
     )
 
 
+def _settings(data: ReportData) -> str:
+    """The settings that decided the answers (the output's `_job.json`), for whoever reads the
+    report without the job file."""
+    job = data.job or {}
+    fingerprint = job.get("fingerprint") or {}
+    if not fingerprint:
+        return ""
+    rows = "".join(
+        f'<tr><td class="mono">{escape(key)}</td><td class="mono">{escape(str(value))}</td></tr>'
+        for key, value in fingerprint.items()
+        if value is not None
+    )
+    manifests = ", ".join(job.get("manifest_files") or {})
+    return (
+        '<details class="kind settings"><summary>Settings that decided the answers '
+        f'(<span class="mono">_job.json</span>; manifest {escape(manifests)})</summary>'
+        f"<table><tbody>{rows}</tbody></table></details>"
+    )
+
+
 def render_report(data: ReportData) -> str:
     """The whole page."""
     counts, summary = data.counts, data.summary or {}
@@ -376,6 +396,7 @@ def render_report(data: ReportData) -> str:
         + (f" · last run finished {escape(str(summary.get('finished_at')))}" if summary.get("finished_at") else "")
         + "</p></header><main>"
         + _cards(data)
+        + _settings(data)
         + _charts(data)
         + _errors(data)
         + f'<h2 id="sample">{escape(sample_title)}</h2><section class="rows">{rows_html}</section>'
