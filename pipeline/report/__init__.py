@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from pipeline.errors import JobError
 from pipeline.spec import StorageSpec
 
 DEFAULT_SAMPLE = 24
@@ -46,8 +47,11 @@ def build_report(
     )
     page = render_report(data)
     target = Path(html_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(page, encoding="utf-8")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(page, encoding="utf-8")
+    except OSError as error:
+        raise JobError(f"--html {html_path}: cannot write the report ({error.strerror or error})") from None
     return {
         "rows": counts.rows,
         "errors": counts.errors,
