@@ -273,11 +273,14 @@ def first_rows(output: JobOutput, limit: int, errors_only: bool = False) -> list
     for path in output.files:
         if len(rows) >= limit:
             break
-        table = output.read_file(path)
         if errors_only:
-            if ERROR_KIND not in table.column_names:
-                continue
+            kinds = output.read_file(path, [ERROR_KIND])
+            if ERROR_KIND not in kinds.column_names or kinds.column(ERROR_KIND).null_count == kinds.num_rows:
+                continue  # no error in this file: skip reading its other columns
+            table = output.read_file(path)
             table = table.filter(pc.is_valid(table.column(ERROR_KIND)))
+        else:
+            table = output.read_file(path)
         rows.extend(table.slice(0, limit - len(rows)).to_pylist())
     return rows
 
