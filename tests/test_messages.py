@@ -83,7 +83,7 @@ def test_custom_template_names_a_missing_column(tmp_path: Path, manifest: Path):
     )
     assert message(job) == (
         f"task.prompt names column(s) {{subject}}, {{style}} that the manifest {manifest} does not have; "
-        "its columns are: id, uri"
+        "its columns are: id, uri. Fix the template or the manifest (write a literal brace as {{ or }})"
     )
 
 
