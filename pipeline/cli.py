@@ -33,8 +33,27 @@ def job_errors_exit(command: F) -> F:
         except (JobError, SpecError) as error:
             click.echo(f"error: {redact(str(error))}", err=True)
             sys.exit(EXIT_JOB_ERROR)
+        except Exception as error:
+            if not _object_store_unreachable(error):
+                raise
+            click.echo(
+                f"error: cannot reach the object store ({type(error).__name__}: {redact(str(error))}). "
+                "Check storage.endpoint_url (or AWS_ENDPOINT_URL), the network, and your AWS credentials",
+                err=True,
+            )
+            sys.exit(EXIT_JOB_ERROR)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _object_store_unreachable(error: Exception) -> bool:
+    """botocore's connection and credential errors, which s3fs passes through as they are
+    (not as OSError), so that the checks that catch OSError miss them."""
+    try:
+        from botocore.exceptions import BotoCoreError
+    except ImportError:
+        return False
+    return isinstance(error, BotoCoreError)
 
 
 set_option = click.option(
@@ -176,3 +195,84 @@ def manifest(source: str, output: str, endpoint_url: str | None, region: str | N
     rows = write_listing(media, output, storage, rows_per_group)
     kinds = Counter(item.media_type for item in media)
     click.echo(f"wrote {rows} rows ({kinds['image']} images, {kinds['video']} videos) to {output}")
+
+
+@main.command(name="family")
+@click.option(
+    "--gpu-memory-gb",
+    "gpu_memory",
+    multiple=True,
+    type=float,
+    help="GPU sizes to size replicas for (repeatable; default 80 and 141).",
+)
+def family_table(gpu_memory: tuple[float, ...]) -> None:
+    """Print the InternVL3 presets: architecture, parameters (counted on the meta device), weight
+    memory and GPUs per replica. Downloads nothing."""
+    from pipeline.models.family import TABLE_GPU_SIZES_GB, presets_table
+
+    click.echo(presets_table(tuple(gpu_memory) or TABLE_GPU_SIZES_GB))
+
+
+endpoint_option = click.option(
+    "--endpoint-url",
+    default=None,
+    metavar="URL",
+    help="S3-compatible endpoint for an s3:// OUTPUT and its media (default: AWS_ENDPOINT_URL or AWS).",
+)
+
+
+def _storage(endpoint_url: str | None) -> Any:
+    from pipeline.spec import StorageSpec
+
+    return StorageSpec(endpoint_url=endpoint_url) if endpoint_url else None
+
+
+@main.command()
+@click.argument("output")
+@click.option(
+    "--html",
+    "html_path",
+    default="report.html",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write the page.",
+)
+@click.option("--sample", default=24, show_default=True, type=click.IntRange(min=0), help="Rows shown with media.")
+@endpoint_option
+@job_errors_exit
+def report(output: str, html_path: str, sample: int, endpoint_url: str | None) -> None:
+    """Write a self-contained HTML report of OUTPUT (a job's output.path, local or s3://): counts,
+    throughput and tiles charts, errors by kind with examples, and sample rows with their media."""
+    from pipeline.report import build_report
+
+    built = build_report(output, html_path, sample=sample, storage=_storage(endpoint_url))
+    click.echo(
+        f"wrote {html_path} ({built['bytes'] // 1024} KiB): {built['rows']} rows, {built['errors']} with errors, "
+        f"{built['sampled']} shown; open it in a browser"
+    )
+
+
+@main.command()
+@click.argument("output")
+@click.option("--errors", "errors_only", is_flag=True, help="Show only rows with an error.")
+@click.option("--id", "row_id", default=None, metavar="ID", help="Show the row with this id.")
+@click.option("--limit", default=5, show_default=True, type=click.IntRange(min=0), help="Rows to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print rows as JSON lines (no counts), e.g. for jq.")
+@endpoint_option
+@job_errors_exit
+def inspect(
+    output: str, errors_only: bool, row_id: str | None, limit: int, as_json: bool, endpoint_url: str | None
+) -> None:
+    """Print OUTPUT's counts (rows, errors by kind), its schema, and rows in a readable form."""
+    from pipeline.inspect import inspect_output
+
+    click.echo(
+        inspect_output(
+            output,
+            errors_only=errors_only,
+            row_id=row_id,
+            limit=limit,
+            as_json=as_json,
+            storage=_storage(endpoint_url),
+        )
+    )

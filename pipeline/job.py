@@ -12,11 +12,13 @@ stage that needs them.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 from pipeline.readers.manifest import ManifestPlan, Shard
-from pipeline.spec import JobSpec
+from pipeline.spec import JobSpec, ModelSpec
 
 # Fault tolerance: Ray Data's actor pools restart dead actors without limit and retry
 # their batches (max_restarts=-1, max_task_retries=-1 are its defaults, which we keep).
@@ -33,15 +35,56 @@ class StageResources:
     cpus_per_model_actor: float
 
 
+def gpus_per_replica(model: ModelSpec) -> int:
+    """GPUs one replica spans: its tensor-parallel ranks, or the GPUs a device_map replica is given."""
+    if model.device_map == "auto":
+        return model.gpus_per_replica or 1
+    return model.tensor_parallel
+
+
 def stage_resources(spec: JobSpec, use_gpu: bool) -> StageResources:
-    """Resources per model actor. A tensor-parallel gang's ranks reserve their own GPUs
-    (see `pipeline.models.tensor_parallel`), so its driving actor takes none."""
-    tp = spec.model.tensor_parallel
-    gpus = 1.0 if use_gpu and tp == 1 and spec.model.device_map is None else 0.0
-    if use_gpu and spec.model.device_map == "auto":
-        gpus = float(tp)
-    cpus = spec.model.cpus_per_replica if tp == 1 else 0.1
-    return StageResources(use_gpu=use_gpu, gpus_per_model_actor=gpus, cpus_per_model_actor=cpus)
+    """Resources per model-stage actor.
+
+    - one process per replica (tensor_parallel 1): 1 GPU, or `gpus_per_replica` GPUs for a
+      `device_map: auto` replica whose layers accelerate spreads over them;
+    - a tensor-parallel gang: the actor only drives the gang. Each actor gets a placement
+      group of one bundle per rank (see `model_actor_placement`); the actor itself takes a
+      sliver of bundle 0's CPU and no GPU, its ranks take the bundles' GPUs.
+    """
+    from pipeline.models.tensor_parallel import DRIVER_CPUS
+
+    model = spec.model
+    if model.tensor_parallel > 1:
+        return StageResources(use_gpu=use_gpu, gpus_per_model_actor=0.0, cpus_per_model_actor=DRIVER_CPUS)
+    gpus = float(gpus_per_replica(model)) if use_gpu else 0.0
+    return StageResources(use_gpu=use_gpu, gpus_per_model_actor=gpus, cpus_per_model_actor=model.cpus_per_replica)
+
+
+def model_actor_placement(spec: JobSpec, resources: StageResources) -> dict[str, Any]:
+    """Extra map_batches arguments of the model stage: for tensor parallel, a function Ray Data
+    calls for each actor it creates, reserving that actor's gang (a placement group)."""
+    if spec.model.tensor_parallel == 1:
+        return {}
+    from pipeline.models.tensor_parallel import reserve_gang
+
+    return {"ray_remote_args_fn": functools.partial(reserve_gang, spec.model, resources.use_gpu)}
+
+
+def release_model_stage_resources() -> None:
+    """Free what the model stage reserved outside Ray Data's actors (tensor-parallel gangs);
+    the driver calls it when the dataset has finished, or failed."""
+    from pipeline.models.tensor_parallel import release_reserved_gangs
+
+    release_reserved_gangs()
+
+
+def model_stage_spec(spec: JobSpec, resources: StageResources) -> JobSpec:
+    """The spec the model stage sees: 'auto' device resolved as the driver decided, so that a
+    replica (or a gang's ranks, in their bundles) runs on what Ray reserved for it."""
+    if spec.model.device != "auto":
+        return spec
+    device = "cuda" if resources.use_gpu else "cpu"
+    return spec.model_copy(update={"model": spec.model.model_copy(update={"device": device})})
 
 
 def rows_per_model_call(spec: JobSpec) -> int:
@@ -81,15 +124,20 @@ def build_dataset(spec: JobSpec, plan: ManifestPlan, pending: list[Shard], resou
         compute=ray.data.ActorPoolStrategy(size=spec.preprocess.workers),
         num_cpus=spec.preprocess.cpus_per_worker,
     )
-    answered = prepared.map_batches(
-        GenerateStage,
-        fn_constructor_kwargs={"spec": spec},
-        batch_size=rows_per_model_call(spec),
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=spec.model.replicas),
-        num_cpus=resources.cpus_per_model_actor,
-        num_gpus=resources.gpus_per_model_actor,
-    )
+    with warnings.catch_warnings():
+        # `ray_remote_args_fn` (per-actor placement groups) is deprecated from Ray 2.60 without a
+        # replacement yet; Ray Data LLM reserves its vLLM gangs the same way. Revisit with Ray >= 2.64.
+        warnings.filterwarnings("ignore", message="`ray_remote_args_fn` is deprecated")
+        answered = prepared.map_batches(
+            GenerateStage,
+            fn_constructor_kwargs={"spec": model_stage_spec(spec, resources)},
+            batch_size=rows_per_model_call(spec),
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=spec.model.replicas),
+            num_cpus=resources.cpus_per_model_actor,
+            num_gpus=resources.gpus_per_model_actor,
+            **model_actor_placement(spec, resources),
+        )
     labelled = answered.map_batches(
         cast(Any, postprocess_batch), fn_kwargs={"spec": spec}, batch_format="pyarrow", num_cpus=0.25
     )

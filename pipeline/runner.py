@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import JobError
-from pipeline.progress import RunTracker, print_summary
+from pipeline.progress import ProgressReporter, RunTracker, bar_safe, print_summary
 from pipeline.prompts.tasks import resolve_spec
 from pipeline.readers.manifest import ManifestPlan, check_ids
 from pipeline.spec import JobSpec
@@ -107,8 +106,10 @@ def decide_gpu(spec: JobSpec) -> bool:
     """Whether the model stage uses GPUs; fail fast when GPUs were asked for and the cluster has none."""
     import ray
 
+    from pipeline.job import gpus_per_replica
+
     gpus = float(ray.cluster_resources().get("GPU", 0.0))
-    needed = spec.model.tensor_parallel
+    needed = gpus_per_replica(spec.model)
     if spec.model.device == "cuda" and gpus < needed:
         raise JobError(
             f"model.device is 'cuda' and each replica needs {needed} GPU(s), but the Ray cluster has {gpus:g}. "
@@ -127,11 +128,20 @@ def _write_summary(spec: JobSpec, summary: dict[str, Any]) -> None:
         handle.write((json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
+def quiet_progress_bar_notice() -> None:
+    """Ray Data warns 'Progress bars disabled. To enable, set ...' when we turn its bars off for
+    a non-interactive log; the pipeline prints its own progress lines there, so the advice
+    only misleads. Marking Ray's once-only key as used silences exactly that warning."""
+    from ray.util.debug import log_once
+
+    log_once("ray_data_progress_manager_disabled")
+
+
 def execute(checked: CheckedJob, echo: Any = print) -> dict[str, Any]:
     """Run a checked job to the end; returns the summary."""
     from ray.data import DataContext
 
-    from pipeline.job import build_dataset, stage_resources
+    from pipeline.job import build_dataset, release_model_stage_resources, stage_resources
     from pipeline.models.preflight import preflight_model
     from pipeline.resume import done_shards, mark_shard_done, prepare_output
 
@@ -157,17 +167,29 @@ def execute(checked: CheckedJob, echo: Any = print) -> dict[str, Any]:
         f"{len(plan.shards) - len(pending)} shard(s) already complete; model {spec.model.name} on "
         f"{'GPU' if use_gpu else 'CPU'}; output {spec.output.path}"
     )
+    interactive = sys.stderr.isatty()
     context = DataContext.get_current()
-    context.enable_progress_bars = sys.stderr.isatty()
+    context.enable_progress_bars = interactive
+    if not interactive:
+        quiet_progress_bar_notice()
     if pending:
-        dataset = build_dataset(spec, plan, pending, stage_resources(spec, use_gpu))
-        last_line = 0.0
-        for stats in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            for shard in tracker.update(stats):
-                mark_shard_done(spec.output.path, shard, spec.storage)
-            if time.time() - last_line >= PROGRESS_INTERVAL_S:
-                echo(tracker.progress_line())
-                last_line = time.time()
+        # Progress: per-stage counts from Ray Data's executor, a line every interval (bar-safe
+        # when Ray Data draws its bars), the same counters as Ray metrics.
+        from pipeline.metrics import RunMetrics
+        from pipeline.stage_probe import probing
+
+        reporter = ProgressReporter(
+            tracker, bar_safe(echo) if interactive else echo, PROGRESS_INTERVAL_S, RunMetrics(spec.name).publish
+        )
+        try:
+            with probing(tracker):
+                dataset = build_dataset(spec, plan, pending, stage_resources(spec, use_gpu))
+                with reporter:
+                    for stats in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                        for shard in tracker.update(stats):
+                            mark_shard_done(spec.output.path, shard, spec.storage)
+        finally:
+            release_model_stage_resources()
     # Rows skipped inside partially done shards are counted as skipped, not pending.
     tracker.pending_rows = tracker.rows
     summary = tracker.summary(spec.name, spec.output.path, spec.model.name)

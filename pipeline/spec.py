@@ -193,6 +193,24 @@ class ModelSpec(StrictModel):
     quantization: Literal["int8", "fp8"] | None = Field(
         default=None, description="Quantised weights: 'int8' (bitsandbytes, CUDA) or 'fp8' (Hopper)."
     )
+    gpus_per_replica: int | None = Field(
+        default=None,
+        ge=1,
+        description="GPUs one replica spans with model.device_map: auto (its layers split across them). "
+        "Null means model.tensor_parallel (1 without tensor parallel).",
+    )
+    gpu_memory_gb: float = Field(
+        default=80.0,
+        gt=0,
+        description="Memory of one GPU in GB, for the GPUs-per-replica check at validate time "
+        "(80 for A100/H100 80GB, 141 for H200). Each GPU keeps 20% of it for activations and the KV cache.",
+    )
+    dummy_layers: int | None = Field(
+        default=None,
+        ge=1,
+        description="With a 'dummy:' model: build only this many vision and language layers (quick trials, "
+        "tests); null keeps the family member's real depth.",
+    )
     trust_remote_code: bool = Field(
         default=False,
         description="Allow original-format checkpoints that run code from the model repository. Off by default.",

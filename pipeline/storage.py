@@ -301,8 +301,8 @@ def describe(error: BaseException, uri: str, storage: StorageSpec | None = None)
         )
     if kind == UNREACHABLE:
         return (
-            f"cannot reach the S3 endpoint {settings.where} ({type(error).__name__}: {detail}); check "
-            "storage.endpoint_url / AWS_ENDPOINT_URL and the network"
+            f"cannot reach the object store at {settings.where} ({type(error).__name__}: {detail}). Check "
+            "storage.endpoint_url (or AWS_ENDPOINT_URL) and the network"
         )
     if kind == TRANSIENT and not isinstance(error, OSError):
         return f"{uri}: the S3 endpoint {settings.where} did not answer in time ({type(error).__name__}: {detail})"

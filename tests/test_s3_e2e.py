@@ -218,7 +218,7 @@ def test_wrong_endpoint_fails_fast_before_any_work(s3, tmp_path: Path):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: input.manifest")
-    assert "cannot reach the S3 endpoint" in lines[0] and closed in lines[0]
+    assert "cannot reach the object store at" in lines[0] and closed in lines[0]
     assert "[pipeline] using" not in result.stderr  # no Ray was started
 
 

@@ -2,12 +2,16 @@
 
 Pure functions only; decoding lives in `pipeline.actors.video`. The reference splits the
 [start, end] range (in frames) into `num_segments` equal segments and takes the middle
-frame of each. It uses Python's and numpy's round-half-to-even; so do we. Given a bound
-that lies past the end of the clip the reference returns frames that do not exist and
-crashes later; we compute the same indices and raise `FrameRangeError` when any of them
-falls outside the clip, which the CPU stage turns into a row error. (A window that
-starts just past the end can still yield valid indices in the reference, because of its
-rounding; we keep those, as the golden vectors do.)
+frame of each. It uses Python's and numpy's round-half-to-even; so do we.
+
+Windows (`bound`, in seconds) follow the reference too: an end past the clip is clamped
+to the last frame. Given a window that starts past the end, the reference returns
+frames that do not exist and crashes later; we compute the same indices and raise
+`FrameRangeError` when any of them falls outside the clip, which the CPU stage turns into
+a `frame_range` row error. (A start within about half a frame of the end still yields
+the last frames through the reference's rounding; we keep those, as the golden vectors
+do.) A window that ends before it starts is refused outright: the reference's answer
+to it is an accident of its arithmetic.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ to single rows before a row gets an `oom` error; a row the model fails on gets a
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,7 +56,10 @@ def generation_options(spec: JobSpec) -> GenerationOptions:
     """Decoding settings of a (resolved) spec."""
     assert spec.task.max_new_tokens is not None, "resolve_spec() fills task.max_new_tokens"
     schema = None
-    if spec.task.kind == "moderation":
+    fixed_length = spec.model.name.startswith("dummy:")
+    # A dummy model writes exactly max_new_tokens tokens, which a grammar that ends the JSON
+    # with the stop token cannot allow: benchmarks of moderation run unconstrained.
+    if spec.task.kind == "moderation" and not fixed_length:
         from pipeline.prompts.moderation import answer_schema
 
         schema = answer_schema(spec.task.categories, spec.task.max_new_tokens)
@@ -67,7 +71,7 @@ def generation_options(spec: JobSpec) -> GenerationOptions:
         repetition_penalty=spec.task.repetition_penalty,
         seed=spec.task.seed,
         json_schema=schema,
-        fixed_length=spec.model.name.startswith("dummy:"),
+        fixed_length=fixed_length,
     )
 
 
@@ -219,6 +223,28 @@ class Generator:
         return out
 
 
+# Internal columns (dropped by the writer) that carry each replica's peak GPU memory to
+# the driver's summary along with the rows; the peak is None off CUDA.
+REPLICA, GPU_PEAK_BYTES = "_replica", "_gpu_peak_bytes"
+
+
+def replica_name() -> str:
+    """'host:gpu0' (or 'host:pid123' without a GPU): which replica answered, for the summary."""
+    import socket
+
+    import ray
+
+    gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU") or []
+    where = f"gpu{','.join(str(g) for g in gpus)}" if gpus else f"pid{os.getpid()}"
+    return f"{socket.gethostname()}:{where}"
+
+
+def with_replica_columns(batch: pa.Table, replica: str, peak_bytes: int | None) -> pa.Table:
+    """Tag every row of a batch with the replica and its current peak memory."""
+    batch = batch.append_column(REPLICA, pa.array([replica] * batch.num_rows, type=pa.string()))
+    return batch.append_column(GPU_PEAK_BYTES, pa.array([peak_bytes] * batch.num_rows, type=pa.int64()))
+
+
 class GenerateStage:
     """Ray Data callable class for the model actor pool: one replica per actor."""
 
@@ -226,6 +252,8 @@ class GenerateStage:
         from pipeline.models.replica import load_replica
 
         self.generator = Generator(spec, load_replica(spec))
+        self.replica = replica_name()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.generator(batch)
+        answered = self.generator(batch)
+        return with_replica_columns(answered, self.replica, self.generator.engine.peak_memory_bytes())

@@ -100,7 +100,13 @@ def sniff_media_type(head: bytes) -> str | None:
         if brand in (b"M4A ", b"M4B ", b"M4P "):
             return "audio"
         return VIDEO
-    if head.startswith(b"\x1a\x45\xdf\xa3") or head.startswith(b"\x00\x00\x01\xba") or head.startswith(b"FLV"):
+    if head[4:8] in (b"moov", b"mdat", b"wide", b"free", b"skip"):  # QuickTime files without an ftyp box
+        return VIDEO
+    if head.startswith((b"\x1a\x45\xdf\xa3", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3", b"FLV")):
+        return VIDEO  # Matroska/WebM, MPEG program stream, MPEG-1/2 elementary video, Flash video
+    if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):  # ASF (.wmv); may also be .wma audio
+        return VIDEO
+    if head.startswith(b"OggS") and b"theora" in head:  # Ogg with a Theora video stream first
         return VIDEO
     if head.startswith((b"ID3", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2", b"fLaC", b"OggS")):
         return "audio"

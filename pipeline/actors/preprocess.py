@@ -13,11 +13,14 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from PIL import Image
 
 from pipeline.actors.decode import decode_image, image_size
 from pipeline.actors.media_type import (
@@ -31,14 +34,13 @@ from pipeline.actors.media_type import (
 from pipeline.actors.tiling import TILE_SIZE, TileGrid, choose_grid, tile_image
 from pipeline.actors.video import decode_video
 from pipeline.errors import RowError, error_text
-from pipeline.prompts.tasks import question_for_row
+from pipeline.prompts.tasks import IMAGES, TEMPLATE_COLUMN_PREFIX, question_for_row
 from pipeline.prompts.template import multi_image_query, single_image_query, video_query
 from pipeline.readers.manifest import (
     END_S,
     ID,
     INLINE_BYTES,
     MEDIA_HINT,
-    PASSTHROUGH_PREFIX,
     ROW_PROMPT,
     START_S,
     URI,
@@ -88,17 +90,32 @@ class PreparedRow:
     error: str | None = None
 
 
-def per_image_tile_limit(max_tiles: int, max_tiles_total: int | None, num_images: int, use_thumbnail: bool) -> int:
-    """Grid tiles allowed per image so that a multi-image row stays within max_tiles_total.
+def multi_image_tile_limit(
+    sizes: list[tuple[int, int]], min_tiles: int, max_tiles: int, max_tiles_total: int | None, use_thumbnail: bool
+) -> int:
+    """The grid limit each image of a multi-image row gets so that the row stays within max_tiles_total.
 
-    The budget is split evenly (InternVL's own multi-image practice); a thumbnail counts
-    against it, so an image with budget b gets a grid of at most b - 1 tiles when b > 2.
+    Each image is tiled on its own with `max_tiles` (InternVL's multi-image practice) unless
+    the tiles of all images together, thumbnails included, would exceed `max_tiles_total`;
+    then every image gets the largest common limit that fits. One limit for all keeps the
+    images on an equal footing, and the largest one wastes none of the budget that a fixed
+    even split would leave unused on small images. (Tile counts only grow with the limit,
+    so the first limit that fits, counting down, is the largest.)
     """
-    if max_tiles_total is None or (num_images <= 1 and max_tiles_total >= max_tiles + int(use_thumbnail)):
+    if max_tiles_total is None:
         return max_tiles
-    budget = max(1, max_tiles_total // max(1, num_images))
-    grid_limit = budget - 1 if use_thumbnail and budget > 2 else (1 if use_thumbnail and budget == 2 else budget)
-    return max(1, min(max_tiles, grid_limit))
+    if len(sizes) > max_tiles_total:
+        raise RowError(
+            "bad_row",
+            f"the row has {len(sizes)} images but preprocess.max_tiles_total={max_tiles_total} allows fewer "
+            "(each image needs at least one tile)",
+        )
+    for limit in range(max_tiles, 1, -1):
+        low = min(min_tiles, limit)
+        total = sum(choose_grid(w, h, low, limit, TILE_SIZE, use_thumbnail).num_tiles for w, h in sizes)
+        if total <= max_tiles_total:
+            return limit
+    return 1
 
 
 class Preprocessor:
@@ -113,26 +130,34 @@ class Preprocessor:
         return fetch_bytes(uri, self.spec.storage, self.pre.max_file_bytes, self.pre.fetch_retries)
 
     def _grid(self, width: int, height: int, max_tiles: int) -> TileGrid:
-        return choose_grid(width, height, self.pre.min_tiles, max_tiles, TILE_SIZE, self.pre.use_thumbnail)
+        low = min(self.pre.min_tiles, max_tiles)  # a multi-image budget may push the limit below min_tiles
+        return choose_grid(width, height, low, max_tiles, TILE_SIZE, self.pre.use_thumbnail)
 
-    def _tiles_for_image(self, data: bytes, max_tiles: int, prepared: PreparedRow) -> None:
-        """Decode and tile one image. With fast_decode the grid comes from the header's size (so the
-        tile count stays exact) and the JPEG decoder may scale down to just above the grid's size."""
-        draft = None
+    def _decode(self, data: bytes, max_tiles: int) -> tuple[Image.Image, TileGrid | None]:
+        """Decode one image; with fast_decode, also its grid, computed from the header's size (so the
+        tile count stays exact) while the JPEG decoder may scale down to just above the grid's size."""
         if self.pre.fast_decode and not self.pre.exif_transpose:
             grid = self._grid(*image_size(data), max_tiles)
             draft = (TILE_SIZE * grid.cols, TILE_SIZE * grid.rows)
-        image = decode_image(data, self.pre.max_image_pixels, self.pre.exif_transpose, draft)
-        if draft is None:
-            grid = self._grid(image.width, image.height, max_tiles)
-        tiles = tile_image(image, grid, TILE_SIZE)
+            return decode_image(data, self.pre.max_image_pixels, False, draft), grid
+        return decode_image(data, self.pre.max_image_pixels, self.pre.exif_transpose), None
+
+    def _add_tiles(
+        self, image: Image.Image, max_tiles: int, prepared: PreparedRow, grid: TileGrid | None = None
+    ) -> None:
+        """Tile one decoded image (its grid chosen from its size unless given) onto the row."""
+        tiles = tile_image(image, grid or self._grid(image.width, image.height, max_tiles), TILE_SIZE)
         prepared.tiles.append(tiles)
         prepared.tiles_per_image.append(len(tiles))
 
-    def _video(self, row: dict[str, Any], source: str | bytes, prepared: PreparedRow) -> None:
-        """Sample and tile the frames of a clip given as a local path or as its bytes."""
-        from PIL import Image
+    def _tiles_for_image(self, data: bytes, max_tiles: int, prepared: PreparedRow) -> None:
+        """Decode and tile one image."""
+        image, grid = self._decode(data, max_tiles)
+        self._add_tiles(image, max_tiles, prepared, grid)
 
+    def _video(self, row: dict[str, Any], source: str | bytes, prepared: PreparedRow) -> None:
+        """Sample and tile the frames of a clip given as a local path or as its bytes (tiled as the
+        reference tiles frames: up to preprocess.tiles_per_frame tiles, thumbnail when more than one)."""
         video = decode_video(source, self.pre.num_frames, _bound(row.get(START_S), row.get(END_S)))
         for frame in video.frames:
             image = Image.fromarray(frame)
@@ -189,21 +214,33 @@ class Preprocessor:
     def _prepare(self, row: dict[str, Any], prepared: PreparedRow) -> None:
         uri = row.get(URI)
         uri = uri.strip() if isinstance(uri, str) and uri.strip() else None
-        uris = [u for u in (row.get(URIS) or []) if isinstance(u, str) and u.strip()]
+        uris = _uri_list(row.get(URIS))
         inline = row.get(INLINE_BYTES)
         row_prompt = row.get(ROW_PROMPT)
-        columns = {k[len(PASSTHROUGH_PREFIX) :]: v for k, v in row.items() if k.startswith(PASSTHROUGH_PREFIX)}
-        columns.update({k: v for k, v in row.items() if not k.startswith("_")})
+        row_prompt = row_prompt if isinstance(row_prompt, str) and row_prompt.strip() else None
+        columns = {k[len(TEMPLATE_COLUMN_PREFIX) :]: v for k, v in row.items() if k.startswith(TEMPLATE_COLUMN_PREFIX)}
 
-        if uri is None and inline is None and uris:
+        if uris:
+            if inline is not None:
+                raise RowError("bad_row", "the row has both inline image bytes and a list of uris; give one of them")
+            if uri is not None and uri not in uris:
+                raise RowError("bad_row", f"the row has a uri ({uri}) and a list of uris without it; list every image")
             self._multi_image(uris, prepared)
-            question = question_for_row(self.spec, IMAGE, row_prompt, columns)
-            prepared.query = multi_image_query(question, len(uris)) if len(uris) > 1 else single_image_query(question)
+            if len(uris) == 1:
+                prepared.query = single_image_query(question_for_row(self.spec, IMAGE, row_prompt, columns))
+            else:
+                prepared.query = multi_image_query(question_for_row(self.spec, IMAGES, row_prompt, columns), len(uris))
             return
         if uri is None and inline is None:
             hint = self._media_type(row, None, None)
-            if hint not in (None, TEXT) or not (row_prompt or self.spec.task.kind == "custom"):
-                raise RowError("empty_uri", "the row has no uri, no inline bytes and no prompt of its own")
+            if hint not in (None, TEXT):
+                raise RowError("empty_uri", f"the row is marked {hint} but has no uri and no inline bytes")
+            if row_prompt is None and self.spec.task.prompt is None:
+                raise RowError(
+                    "empty_uri",
+                    "the row has no uri, no inline bytes and no prompt: a text-only row needs a value in the "
+                    "prompt column (or a task.prompt template)",
+                )
             prepared.media_type, prepared.query = TEXT, question_for_row(self.spec, TEXT, row_prompt, columns)
             return
 
@@ -234,17 +271,56 @@ class Preprocessor:
         prepared.query = single_image_query(question_for_row(self.spec, IMAGE, row_prompt, columns))
 
     def _multi_image(self, uris: list[str], prepared: PreparedRow) -> None:
-        """Tile each image of a multi-image row, in list order, within the row's tile budget."""
+        """Tile each image of a multi-image row on its own, in list order, within the row's tile budget."""
         prepared.media_type = IMAGE
-        limit = per_image_tile_limit(
-            self.pre.max_tiles or 12, self.pre.max_tiles_total, len(uris), self.pre.use_thumbnail
+        max_tiles = self.pre.max_tiles or 12
+        if self.pre.max_tiles_total is None:  # one image in memory at a time
+            for position, item in enumerate(uris, start=1):
+                with _naming_the_image(position, item):
+                    self._tiles_for_image(self._image_bytes(item), max_tiles, prepared)
+            return
+        # Full decodes (no draft scaling): the common limit is chosen from the images' true sizes.
+        images = []
+        for position, item in enumerate(uris, start=1):
+            with _naming_the_image(position, item):
+                images.append(decode_image(self._image_bytes(item), self.pre.max_image_pixels, self.pre.exif_transpose))
+        limit = multi_image_tile_limit(
+            [image.size for image in images],
+            self.pre.min_tiles,
+            max_tiles,
+            self.pre.max_tiles_total,
+            self.pre.use_thumbnail,
         )
-        for item in uris:
-            data = self._fetch(item)
-            kind = self._media_type({}, item, data)
-            if kind != IMAGE:
-                raise RowError("unknown_media", f"{item} is a {kind}; multi-image rows take images only")
-            self._tiles_for_image(data, limit, prepared)
+        for image in images:
+            self._add_tiles(image, limit, prepared)
+
+    def _image_bytes(self, uri: str) -> bytes:
+        """The bytes of one image of a multi-image row (a video or audio file there is an error)."""
+        data = self._fetch(uri)
+        kind = self._media_type({}, uri, data)
+        if kind != IMAGE:
+            raise RowError("unknown_media", f"it is a {kind}; multi-image rows take images only")
+        return data
+
+
+@contextmanager
+def _naming_the_image(position: int, uri: str) -> Iterator[None]:
+    """Prefix a row error raised for one image of a multi-image row with which image it was."""
+    try:
+        yield
+    except RowError as error:
+        raise RowError(error.kind, f"image {position} ({uri}): {error.message}") from None
+
+
+def _uri_list(value: Any) -> list[str]:
+    """The uris of a multi-image row ([] when the column is null or empty); a blank entry is an error."""
+    if value is None:
+        return []
+    items = list(value)
+    blank = [index for index, item in enumerate(items, start=1) if not isinstance(item, str) or not item.strip()]
+    if blank:
+        raise RowError("bad_row", f"the uris list has null or empty entries at position(s) {blank}")
+    return [item.strip() for item in items]
 
 
 def _seconds(value: Any, name: str) -> float | None:
@@ -303,7 +379,10 @@ class PreprocessStage:
             started = time.perf_counter()
             prepared.append(self.preprocessor.prepare(row))
             seconds.append(time.perf_counter() - started)
-        keep = [name for name in batch.column_names if name != INLINE_BYTES]
+        # Inline bytes and the columns a prompt template named have served their purpose.
+        keep = [
+            name for name in batch.column_names if name != INLINE_BYTES and not name.startswith(TEMPLATE_COLUMN_PREFIX)
+        ]
         out = batch.select(keep)
         for name, array in prepared_columns(prepared, seconds).items():
             out = out.append_column(name, array)

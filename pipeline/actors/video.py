@@ -1,14 +1,21 @@
 """Video decoding with decord: open, sample the reference's frame indices, return RGB frames.
 
+The reference (`load_video` of the InternVL model cards) opens the clip with decord,
+takes `len(reader) - 1` as the last frame and `get_avg_fps()` as the rate, samples with
+`get_index`, and converts each frame to an RGB Pillow image; we do the same, so the
+frames and their indices are the reference's.
+
 decord is imported lazily (it is heavy and only CPU actors need it). It raises ordinary
 exceptions on bad files (no crash was seen in ~200 corrupt inputs), of several unrelated
 types (RuntimeError, its own DECORDError, IndexError), so we catch broadly around the
-third-party call and keep the cause in the row error.
+third-party calls and keep the cause in the row error. Truncated Matroska/WebM files open
+and report the frames that survive; a truncated MP4 (its index is at the end) does not open.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,9 +55,11 @@ def decode_video(source: str | bytes, num_frames: int, bound: tuple[float, float
         frame_count = len(reader)
         fps = float(reader.get_avg_fps())
     except Exception as error:  # corrupt, truncated, audio-only, not a video: decord's own errors
-        raise RowError("bad_video", f"cannot open the video ({_short(error)})") from None
+        raise RowError("bad_video", _open_failure(error)) from None
     if frame_count < 1:
         raise RowError("bad_video", "the video has no frames")
+    if not math.isfinite(fps) or fps <= 0:
+        raise RowError("bad_video", f"the video reports an unusable frame rate ({fps}); its timing cannot be sampled")
     try:
         indices = sample_frame_indices(fps, frame_count - 1, num_frames, bound)
     except FrameRangeError as error:
@@ -60,6 +69,16 @@ def decode_video(source: str | bytes, num_frames: int, bound: tuple[float, float
     except Exception as error:  # damaged packets inside an otherwise readable clip
         raise RowError("bad_video", f"cannot decode frames {indices} ({_short(error)})") from None
     return DecodedVideo(frames=frames, indices=indices, fps=fps, frame_count=frame_count)
+
+
+def _open_failure(error: BaseException) -> str:
+    """Why decord could not open a clip, in words a user can act on."""
+    if "cannot find video stream" in str(error):
+        return (
+            "no video stream decord can decode: the file is audio only, has no frames, or uses a codec "
+            "decord's FFmpeg lacks (e.g. AV1)"
+        )
+    return f"cannot open the video ({_short(error)})"
 
 
 def _short(error: BaseException) -> str:

@@ -14,14 +14,14 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.actors.generate import GENERATE_S, OUTPUT_TOKENS, PROMPT_TOKENS
+from pipeline.actors.generate import GENERATE_S, GPU_PEAK_BYTES, OUTPUT_TOKENS, PROMPT_TOKENS, REPLICA
 from pipeline.actors.preprocess import ERROR_KIND, MEDIA_TYPE, NUM_TILES, PREPROCESS_S, QUERY
 from pipeline.readers.manifest import ID, PASSTHROUGH_PREFIX, SHARD, SHARD_TODO
 from pipeline.spec import JobSpec
 from pipeline.writers.parquet import ParquetWriter, part_uri
 
 COMPLETED_AT = "completed_at"
-INTERNAL_COLUMNS = (SHARD, SHARD_TODO, QUERY)
+INTERNAL_COLUMNS = (SHARD, SHARD_TODO, QUERY, REPLICA, GPU_PEAK_BYTES)
 
 STATS_SCHEMA = pa.schema(
     [
@@ -37,6 +37,7 @@ STATS_SCHEMA = pa.schema(
         ("preprocess_s", pa.float64()),
         ("generate_s", pa.float64()),
         ("written_at", pa.float64()),
+        ("gpu_peak_bytes", pa.string()),  # JSON {replica: bytes}; "{}" off CUDA
     ]
 )
 
@@ -63,6 +64,17 @@ def output_table(batch: pa.Table, written_at: float) -> pa.Table:
     table = table.rename_columns(renamed)
     stamp = pa.array([int(written_at * 1000)] * table.num_rows, type=pa.timestamp("ms", tz="UTC"))
     return table.append_column(COMPLETED_AT, stamp)
+
+
+def gpu_peaks(table: pa.Table) -> dict[str, int]:
+    """The highest peak GPU memory each replica reported in these rows (none off CUDA)."""
+    if REPLICA not in table.column_names or GPU_PEAK_BYTES not in table.column_names:
+        return {}
+    peaks: dict[str, int] = {}
+    for replica, peak in zip(table.column(REPLICA).to_pylist(), table.column(GPU_PEAK_BYTES).to_pylist(), strict=True):
+        if replica is not None and peak is not None:
+            peaks[replica] = max(peaks.get(replica, 0), peak)
+    return peaks
 
 
 def _sum(table: pa.Table, column: str) -> float:
@@ -102,6 +114,7 @@ class WriteStage:
                     "preprocess_s": float(_sum(group, PREPROCESS_S)),
                     "generate_s": float(_sum(group, GENERATE_S)),
                     "written_at": time.time(),
+                    "gpu_peak_bytes": json.dumps(gpu_peaks(group)),
                 }
             )
         return pa.Table.from_pylist(stats, schema=STATS_SCHEMA)
