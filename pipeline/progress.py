@@ -46,15 +46,31 @@ class RunTracker:
     tiles: int = 0
     preprocess_s: float = 0.0
     generate_s: float = 0.0
+    write_s: float = 0.0
     files: int = 0
     first_write: float | None = None
     throughput: list[tuple[float, int]] = field(default_factory=list)
     shard_written: dict[str, int] = field(default_factory=dict)
+    # Files already counted per shard in progress: a retried write task reports its file
+    # again; counting it twice could call a shard complete before its last file exists.
+    shard_files: dict[str, set[str]] = field(default_factory=dict)
+    # Rows each shard still had to do when this run first read it (O(shards), not O(rows)):
+    # what the shard's rows minus this is, was skipped by resume.
+    shard_todo: dict[str, int] = field(default_factory=dict)
+    repeated_reports: int = 0
 
     def update(self, stats: pa.Table) -> list[str]:
         """Add a batch of statistics rows; return the shards that just became complete."""
         completed: list[str] = []
         for row in stats.to_pylist():
+            shard = row["shard"]
+            files = self.shard_files.setdefault(shard, set())
+            if row.get("file") is not None:
+                if row["file"] in files:
+                    self.repeated_reports += 1
+                    continue
+                files.add(row["file"])
+            self.shard_todo.setdefault(shard, row["shard_todo"])
             self.files += 1
             self.rows += row["rows"]
             self.errors += row["errors"]
@@ -65,11 +81,12 @@ class RunTracker:
             self.tiles += row["tiles"]
             self.preprocess_s += row["preprocess_s"]
             self.generate_s += row["generate_s"]
+            self.write_s += row.get("write_s") or 0.0
             self.first_write = self.first_write or row["written_at"]
-            shard = row["shard"]
             written = self.shard_written.get(shard, 0) + row["rows"]
             if written >= row["shard_todo"]:
                 self.shard_written.pop(shard, None)
+                self.shard_files.pop(shard, None)
                 completed.append(shard)
             else:
                 self.shard_written[shard] = written
@@ -128,7 +145,11 @@ class RunTracker:
             "output_tokens": self.output_tokens,
             "tokens_per_s": round((self.prompt_tokens + self.output_tokens) / wall, 2) if wall > 0 else None,
             "mean_tiles_per_row": round(self.tiles / ok, 3) if ok else None,
-            "stage_seconds": {"preprocess": round(self.preprocess_s, 3), "generate": round(self.generate_s, 3)},
+            "stage_seconds": {
+                "preprocess": round(self.preprocess_s, 3),
+                "generate": round(self.generate_s, 3),
+                "write": round(self.write_s, 3),
+            },
             "throughput": [[round(t, 2), n] for t, n in self.throughput],
         }
 
@@ -150,6 +171,7 @@ def print_summary(summary: dict[str, Any], stream: TextIO = sys.stdout) -> None:
         f"  mean tiles/row     {summary['mean_tiles_per_row']}",
         f"  preprocess (sum)   {summary['stage_seconds']['preprocess']} s",
         f"  generate (sum)     {summary['stage_seconds']['generate']} s",
+        f"  write (sum)        {summary['stage_seconds'].get('write', 0.0)} s",
         f"  output             {summary['output']}",
     ]
     print("\n".join(lines), file=stream, flush=True)

@@ -7,6 +7,7 @@ retried with exponential backoff first.
 
 from __future__ import annotations
 
+import errno
 import time
 
 from pipeline.errors import RowError
@@ -16,9 +17,11 @@ from pipeline.storage import SUPPORTED_SCHEMES, StorageError, filesystem_for, ur
 _PERMANENT = (FileNotFoundError, IsADirectoryError, PermissionError, NotADirectoryError)
 
 
-def _classify(error: BaseException, uri: str) -> RowError:
+def _classify(error: OSError, uri: str) -> RowError:
     if isinstance(error, (FileNotFoundError, NotADirectoryError)):
         return RowError("missing", f"{uri} does not exist")
+    if error.errno == errno.ELOOP:
+        return RowError("missing", f"{uri} does not exist (a loop of symbolic links)")
     if isinstance(error, IsADirectoryError):
         return RowError("is_directory", f"{uri} is a directory, not a file")
     if isinstance(error, PermissionError):
@@ -38,6 +41,8 @@ def fetch_bytes(
     """Read a whole file or object, or raise a RowError saying why not."""
     if not uri or not uri.strip():
         raise RowError("empty_uri", "the uri is empty")
+    if "\x00" in uri:
+        raise RowError("bad_row", f"the uri {uri!r} contains a NUL character")
     scheme = uri_scheme(uri)
     if scheme not in SUPPORTED_SCHEMES:
         raise RowError("unsupported_uri", f"scheme {scheme!r} of {uri!r} is not supported (use a path or s3://)")
@@ -51,6 +56,8 @@ def fetch_bytes(
             info = fs.info(path)
             if info.get("type") == "directory":
                 raise IsADirectoryError(path)
+            if info.get("type") not in ("file", None):  # a pipe or a device: reading could block or never end
+                raise RowError("not_a_file", f"{uri} is not a regular file (a pipe, socket or device)")
             size = info.get("size")
             if size is not None and size > max_bytes:
                 raise RowError("too_large", f"{uri} has {size} bytes, more than preprocess.max_file_bytes={max_bytes}")
@@ -66,6 +73,8 @@ def fetch_bytes(
         except _PERMANENT as error:
             raise _classify(error, uri) from None
         except OSError as error:  # network errors, throttling, timeouts: worth another try
+            if error.errno == errno.ELOOP:  # ...but a symlink loop stays a loop
+                raise _classify(error, uri) from None
             if attempt >= retries:
                 raise _classify(error, uri) from None
             time.sleep(backoff_s * (2**attempt))
