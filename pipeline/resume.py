@@ -143,15 +143,19 @@ def prepare_output(spec: JobSpec, plan: ManifestPlan, keep: tuple[str, ...] = ()
     try:
         fs, path = filesystem_for(output, spec.storage)
         names = check_output_folder(output, spec.storage)
-        if spec.output.mode == "overwrite":
-            for name in names:
-                if name not in keep:
-                    fs.rm(join_uri(path, name), recursive=True)
-        elif SUCCESS_MARKER in names:  # this run may add rows: the output is complete again only at its end
+        if SUCCESS_MARKER in names:  # this run may add rows: the output is complete again only at its end
             fs.rm(join_uri(path, SUCCESS_MARKER))
+        if spec.output.mode == "overwrite":
+            # The old fingerprint stays until the new one replaces it: an overwrite cut off half-way
+            # leaves old results under the old fingerprint, never under the new one.
+            for name in names:
+                if name not in (*keep, SUCCESS_MARKER, FINGERPRINT_FILE):
+                    fs.rm(join_uri(path, name), recursive=True)
         if not is_remote(output):
             fs.makedirs(path, exist_ok=True)
-        previous = _read_json(join_uri(output, FINGERPRINT_FILE), spec.storage)
+        previous = None
+        if spec.output.mode == "resume":
+            previous = _read_json(join_uri(output, FINGERPRINT_FILE), spec.storage)
     except (OSError, ValueError) as error:
         raise JobError(f"output.path: cannot use {output}: {error}") from None
     current: dict[str, Any] = {"fingerprint": fingerprint(spec), "manifest_files": plan.file_sizes}
@@ -224,8 +228,9 @@ def done_shards(output: str, storage: StorageSpec | None) -> dict[str, int]:
 
 
 def pending_shards(plan: ManifestPlan, done: dict[str, int]) -> list[Shard]:
-    """Shards without a marker for all their rows (a marker for fewer rows: `input.limit` grew)."""
-    return [shard for shard in plan.shards if done.get(shard.key) != shard.num_rows]
+    """Shards without a marker for all their rows. A marker counts rows from the shard's start,
+    so one for fewer rows (written under a smaller `input.limit`) does not cover a shard that grew."""
+    return [shard for shard in plan.shards if done.get(shard.key, 0) < shard.num_rows]
 
 
 def shard_ids(shard: Shard, id_column: str, storage: StorageSpec | None) -> pa.Array:
@@ -298,7 +303,8 @@ def seal_shard(output: str, shard: Shard, expected: pa.Array, storage: StorageSp
         fs.makedirs(folder, exist_ok=True)
     seen: set[str] = set()
     writer = ParquetWriter(storage)
-    for file in _part_files(fs, folder):
+    files = _part_files(fs, folder)
+    for position, file in enumerate(files):
         ids = _file_ids(fs, file)
         if ids is None:
             continue
@@ -306,15 +312,23 @@ def seal_shard(output: str, shard: Shard, expected: pa.Array, storage: StorageSp
         repeated = [value in seen for value in values]
         if any(repeated):
             result.duplicates_removed += sum(repeated)
-            if all(repeated):
+            logger.warning("shard %s: removing %d row(s) written twice", shard.key, sum(repeated))
+            kept_ids = [value for value, again in zip(values, repeated, strict=True) if not again]
+            target = part_name(kept_ids) if kept_ids else None
+            later = {f.rsplit("/", 1)[-1] for f in files[position + 1 :]}
+            if target is None:
                 fs.rm(file)
+            elif target in later:  # the rows it still has are exactly a file not yet checked
+                fs.rm(file)
+                result.duplicates_removed += len(kept_ids)
+                seen.update(value for value, again in zip(values, repeated, strict=True) if again)
+                continue
             else:
                 with fs.open(file, "rb") as handle:
                     table = pq.read_table(handle)
-                kept = table.filter(pa.array([not r for r in repeated]))
-                writer.write_table(kept, join_uri(output, shard.key, part_name(kept.column("id").to_pylist())))
+                kept = table.filter(pa.array([not again for again in repeated]))
+                writer.write_table(kept, join_uri(output, shard.key, target))
                 fs.rm(file)
-            logger.warning("shard %s: removed %d row(s) written twice", shard.key, sum(repeated))
         seen.update(values)
     result.temps_removed = _remove_stale_temporaries(fs, folder, output)
     missing = pc.invert(pc.is_in(expected, value_set=pa.array(list(seen), type=pa.string())))

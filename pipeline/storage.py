@@ -78,8 +78,13 @@ def _s3_filesystem(endpoint: str | None, region: str | None, anonymous: bool) ->
         client_kwargs["endpoint_url"] = endpoint
     if region:
         client_kwargs["region_name"] = region
+    # No listings cache: resume decisions (done markers, written ids) must see what other
+    # processes wrote a moment ago, not a listing this process made earlier.
     return s3fs.S3FileSystem(
-        anon=anonymous, client_kwargs=client_kwargs, config_kwargs={"retries": {"max_attempts": 3}}
+        anon=anonymous,
+        client_kwargs=client_kwargs,
+        config_kwargs={"retries": {"max_attempts": 3}},
+        use_listings_cache=False,
     )
 
 
