@@ -158,6 +158,12 @@ class PreprocessSpec(StrictModel):
         description="Times a row is retried after a CPU worker died on it (a decoder crash, the out-of-memory "
         "killer) before it gets a `worker_died` error.",
     )
+    row_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest a CPU worker may spend on one row (fetch, decode, tile); a row that hangs past it "
+        "(a decoder stuck on a crafted file) has its worker stopped and is retried, then gets `worker_died`.",
+    )
 
 
 class ModelSpec(StrictModel):

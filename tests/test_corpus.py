@@ -164,3 +164,8 @@ def test_cli_prints_job_errors_as_one_message_and_exits_2(name: str, tmp_path: P
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.startswith("error: ") and case.message in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_readme_documents_every_error_kind():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert [kind for kind in ERROR_KINDS if f"| `{kind}` |" not in text] == []

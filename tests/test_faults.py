@@ -127,7 +127,7 @@ def raylet_pid() -> int:
 def test_model_actor_killed_by_pid_mid_run(tmp_path: Path, make_spec, ray_session):
     from pipeline.runner import run
 
-    manifest, ids = small_manifest(tmp_path, 96)
+    manifest, ids = small_manifest(tmp_path, 48)
     spec = make_spec(
         manifest,
         preprocess={"workers": 1, "max_tiles": 1},
@@ -166,7 +166,7 @@ def test_out_of_memory_backs_off_end_to_end_and_overwrite_starts_clean(
     reaches the actors through the forwarded PIPELINE_* environment."""
     from pipeline.runner import run
 
-    manifest, ids = small_manifest(tmp_path, 10)
+    manifest, ids = small_manifest(tmp_path, 6)
     base = {"preprocess": {"workers": 1, "max_tiles": 1}, "model": {"batch_size": 4}}
     output = tmp_path / "out"
     monkeypatch.setenv("PIPELINE_FAULT_OOM_ABOVE_ROWS", "1")  # only single rows fit: every batch is split

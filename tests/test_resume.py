@@ -405,3 +405,35 @@ def test_the_same_bookkeeping_on_s3(tmp_path: Path, s3_bucket: str):
         Lease(spec.output.path, None).acquire()
     lease.release()
     assert not fs.exists(f"results/job/{LEASE_FILE}")
+
+
+def test_a_hanging_row_trips_the_watchdog_and_a_finished_one_does_not():
+    from pipeline.actors.guard import Watchdog
+
+    expired: list[str] = []
+    watchdog = Watchdog(0.3, expired.append, tick_s=0.05)
+    watchdog.arm("quick")
+    watchdog.disarm()
+    time.sleep(0.5)
+    assert expired == []
+    watchdog.arm("stuck")
+    deadline = time.time() + 10
+    while not expired and time.time() < deadline:
+        time.sleep(0.05)
+    assert expired == ["stuck"]
+
+
+def test_the_cause_noted_before_a_death_reaches_the_row_error():
+    from pipeline.writers.parquet import ids_digest
+
+    def process(batch: pa.Table) -> pa.Table:
+        return pa.table({"id": batch.column("id"), "out": ["ok"] * batch.num_rows})
+
+    guard, ledger = guarded(process, max_retries=0)
+    ledger.attempts[f"test/batch/{ids_digest(['slow'])}"] = 1  # its worker was stopped once
+    guard.note_row("slow", "it took longer than preprocess.row_timeout_s=300 s, so its worker was stopped")
+    out = guard(batch_of("slow")).to_pylist()
+    assert out[0]["out"] == (
+        "worker_died: the test worker process died 1 time(s) while working on this row (it took longer than "
+        "preprocess.row_timeout_s=300 s, so its worker was stopped); retries allowed: 0"
+    )

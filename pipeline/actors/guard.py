@@ -47,10 +47,20 @@ FailFn = Callable[[pa.Table, str, str], pa.Table]
 
 
 class CrashLedger:
-    """Attempts per key (a batch or a row), remembered across worker deaths."""
+    """Attempts per key (a batch or a row), remembered across worker deaths, with a note of
+    why the last attempt died when the dying process could say (a row that took too long)."""
 
     def __init__(self) -> None:
         self.attempts: dict[str, int] = {}
+        self.notes: dict[str, str] = {}
+
+    def note(self, key: str, text: str) -> None:
+        """Record why the attempt on `key` is about to die."""
+        self.notes[key] = text
+
+    def notes_for(self, keys: list[str]) -> list[str | None]:
+        """The notes of some keys (None where there is none)."""
+        return [self.notes.get(key) for key in keys]
 
     def begin(self, keys: list[str]) -> list[int]:
         """Count one more attempt for each key; return the counts (1 = first attempt)."""
@@ -64,6 +74,7 @@ class CrashLedger:
         """Forget keys whose outcome is decided."""
         for key in keys:
             self.attempts.pop(key, None)
+            self.notes.pop(key, None)
 
     def size(self) -> int:
         """Keys held (in-flight batches and rows)."""
@@ -90,19 +101,27 @@ class StageGuard:
         crash = os.environ.get(FAULT_CRASH_ENV, "")
         self.crash_id = crash.split(":", 1)[1] if crash.startswith(f"{stage}:") else None
 
-    def _ledger(self, method: str, keys: list[str]) -> list[int] | None:
+    def _ledger(self, method: str, *args: Any) -> Any:
         if self.ledger is None:
             return None
         call = getattr(self.ledger, method)
         if not hasattr(call, "remote"):
-            return call(keys)  # a local ledger (tests, use without Ray)
+            return call(*args)  # a local ledger (tests, use without Ray)
         import ray
 
         try:
-            return ray.get(call.remote(keys), timeout=LEDGER_TIMEOUT_S)
+            return ray.get(call.remote(*args), timeout=LEDGER_TIMEOUT_S)
         except (ray.exceptions.RayError, TimeoutError) as error:
             logger.warning("%s: crash ledger unreachable (%s); continuing without it", self.stage, error)
             return None
+
+    def row_key(self, row_id: str) -> str:
+        """The ledger key of one row of this stage."""
+        return f"{self.stage}/row/{ids_digest([row_id])}"
+
+    def note_row(self, row_id: str, text: str) -> None:
+        """Tell the ledger why this row's worker is about to die (read when the row gives up)."""
+        self._ledger("note", self.row_key(row_id), text)
 
     def _maybe_crash(self, ids: list[str]) -> None:
         if self.crash_id is not None and self.crash_id in ids:
@@ -147,17 +166,18 @@ class StageGuard:
         outputs = []
         for index, row_id in enumerate(ids):
             row = batch.slice(index, 1)
-            key = f"{self.stage}/row/{ids_digest([row_id])}"
+            key = self.row_key(row_id)
             counts = self._ledger("begin", [key])
             # counts[0] - 1 deaths while this row ran alone, plus the death of its first batch
             if counts and counts[0] > self.max_retries:
+                notes = self._ledger("notes_for", [key]) or [None]
+                cause = notes[0] or "a crash in a decoder or the model, or the out-of-memory killer"
                 outputs.append(
                     self.fail(
                         row,
                         "worker_died",
-                        f"the {self.stage} worker process died {counts[0]} time(s) while working on this row (a crash "
-                        "in a decoder or the model, or the out-of-memory killer); retries allowed: "
-                        f"{self.max_retries}",
+                        f"the {self.stage} worker process died {counts[0]} time(s) while working on this row "
+                        f"({cause}); retries allowed: {self.max_retries}",
                     )
                 )
             else:
@@ -169,3 +189,61 @@ class StageGuard:
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+
+class Watchdog:
+    """Turns a row that hangs into a worker death, which the guard knows how to survive.
+
+    A decoder stuck in C code (a crafted file, a device that never ends) cannot be
+    interrupted from Python, and one stuck row would keep the job from ever finishing. The
+    stage arms the watchdog before each row; if the row is still running after
+    `limit_s`, a daemon thread notes the cause in the ledger and kills the process with
+    SIGKILL. Ray restarts the actor, the guard retries the batch row by row, and the row
+    ends as `worker_died` with the cause in its message.
+    """
+
+    def __init__(self, limit_s: float, on_expire: Callable[[str], None], tick_s: float = 1.0) -> None:
+        import threading
+
+        self.limit_s = limit_s
+        self.on_expire = on_expire
+        self.tick_s = tick_s
+        self._deadline: float | None = None
+        self._label = ""
+        self._lock = threading.Lock()
+        threading.Thread(target=self._watch, name="pipeline-watchdog", daemon=True).start()
+
+    def arm(self, label: str) -> None:
+        import time
+
+        with self._lock:
+            self._deadline, self._label = time.monotonic() + self.limit_s, label
+
+    def disarm(self) -> None:
+        with self._lock:
+            self._deadline = None
+
+    def _watch(self) -> None:
+        import time
+
+        while True:
+            time.sleep(self.tick_s)
+            with self._lock:
+                expired = self._deadline is not None and time.monotonic() > self._deadline
+                label = self._label
+                if expired:
+                    self._deadline = None
+            if expired:
+                self.on_expire(label)
+
+
+def kill_this_worker(guard: StageGuard, limit_s: float, setting: str) -> Callable[[str], None]:
+    """The watchdog's action in a stage: note the cause for the row, then die."""
+
+    def expire(row_id: str) -> None:
+        text = f"it took longer than {setting}={limit_s:g} s, so its worker was stopped"
+        logger.error("%s: row %r %s", guard.stage, row_id, text)
+        guard.note_row(row_id, text)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return expire

@@ -301,10 +301,12 @@ class PreprocessStage:
     REQUIRED_COLUMNS = (ID, URI)
 
     def __init__(self, spec: JobSpec, ledger: Any | None = None) -> None:
-        from pipeline.actors.guard import StageGuard
+        from pipeline.actors.guard import StageGuard, Watchdog, kill_this_worker
 
         self.preprocessor = Preprocessor(spec)
         self.guard = StageGuard("preprocess", self.process, self.failed, ledger, spec.preprocess.max_retries)
+        limit = spec.preprocess.row_timeout_s
+        self.watchdog = Watchdog(limit, kill_this_worker(self.guard, limit, "preprocess.row_timeout_s"))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.guard(batch)
@@ -316,7 +318,11 @@ class PreprocessStage:
         prepared, seconds = [], []
         for row in rows:
             started = time.perf_counter()
-            prepared.append(self.preprocessor.prepare(row))
+            self.watchdog.arm(str(row[ID]))
+            try:
+                prepared.append(self.preprocessor.prepare(row))
+            finally:
+                self.watchdog.disarm()
             seconds.append(time.perf_counter() - started)
         return self._output(batch, prepared, seconds)
 
