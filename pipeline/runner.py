@@ -293,18 +293,27 @@ def execute(checked: CheckedJob, echo: Any = print) -> dict[str, Any]:
         context.enable_progress_bars = sys.stderr.isatty()
         remaining = pending
         sealer: Sealer | None = None
-        for attempt in range(MAX_PASSES):
-            if not remaining:
-                break
-            if attempt:
-                echo(f"[pipeline] another pass over {len(remaining)} unfinished shard(s)")
-            sealer = sealer or Sealer(spec, plan)
-            ledger = start_ledger()
-            tracker.shard_written.clear()  # counts of a pass are about that pass's read
-            tracker.shard_files.clear()
-            dataset = build_dataset(spec, plan, remaining, stage_resources(spec, use_gpu), ledger)
-            _run_pass(dataset, tracker, sealer, lease, echo)
-            remaining = _unfinished(spec, remaining, sealer)
+        try:
+            for attempt in range(MAX_PASSES):
+                if not remaining:
+                    break
+                if attempt:
+                    echo(f"[pipeline] another pass over {len(remaining)} unfinished shard(s)")
+                sealer = sealer or Sealer(spec, plan)
+                ledger = start_ledger()
+                tracker.shard_written.clear()  # counts of a pass are about that pass's read
+                tracker.shard_files.clear()
+                dataset = build_dataset(spec, plan, remaining, stage_resources(spec, use_gpu), ledger)
+                _run_pass(dataset, tracker, sealer, lease, echo)
+                remaining = _unfinished(spec, remaining, sealer)
+        except (JobError, KeyboardInterrupt) as error:  # what this run did still goes on record
+            partial = tracker.summary(spec.name, spec.output.path, spec.model.name)
+            partial.update(complete=False, error=str(error) or "interrupted")
+            try:
+                _write_summary(spec, partial)
+            except OSError as problem:
+                logger.warning("could not write the summary: %s", problem)
+            raise
         skipped = _skipped_by_resume(plan, pending, tracker, remaining)
         tracker.pending_rows = plan.total_rows - skipped
         summary = tracker.summary(spec.name, spec.output.path, spec.model.name)

@@ -92,23 +92,6 @@ def processes_with_env(marker: str) -> Iterator[tuple[int, str]]:
         yield int(entry), title
 
 
-def children_of(parent: int) -> Iterator[tuple[int, str]]:
-    """(pid, title) of the direct children of a process (Ray workers are children of their raylet)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-            if int(fields[1]) != parent:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                title = handle.read().split(b"\0")[0].decode("utf-8", "replace")
-        except (OSError, IndexError, ValueError):
-            continue
-        yield int(entry), title
-
-
 def kill_all(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):

@@ -1,12 +1,13 @@
-"""Faults, for real: a driver killed with SIGKILL and resumed, a model actor killed by pid
-mid-run, forced out-of-memory, a row that kills its worker every time, models that cannot
+"""Faults, for real: a driver killed with SIGKILL and resumed while its model actor is killed
+by pid, forced out-of-memory, a row that kills its worker every time, models that cannot
 load, GPUs asked for on a cluster without any. Every run is a real job on a real local Ray
 with tiny-random; the only things simulated are the GPU (absent here) and the
 out-of-memory condition (a real `OutOfMemory` raised by the engine's test hook).
 
-The kill tests poll for conditions (a part file exists, the model actor is inside a batch)
-with generous timeouts instead of sleeping fixed times, so that they hold on a loaded
-2-core machine.
+The kill test polls for conditions (a part file exists, the model actor is inside a batch)
+with generous timeouts instead of sleeping fixed times, so that it holds on a loaded 2-core
+machine, and finds the processes to kill by a marker in their environment that only the
+processes of that run's own Ray instance carry.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import uuid
 from pathlib import Path
 
@@ -28,7 +28,6 @@ from reliability import (
     assert_exactly_once,
     assert_markers_consistent,
     assert_no_duplicates,
-    children_of,
     kill_all,
     part_files,
     processes_with_env,
@@ -68,28 +67,41 @@ def write_job(path: Path, manifest: Path, output: Path, rows_per_shard: int, row
     return path
 
 
-def start_cli(job: Path, marker: str, *extra: str) -> subprocess.Popen:
+def start_cli(job: Path, marker: str, log: Path) -> subprocess.Popen:
+    """`python -m pipeline run JOB` with `marker` (NAME=value) in its environment, which every
+    process of its own local Ray inherits: that is how the test finds them, and only them."""
     name, value = marker.split("=", 1)
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", str(job), *extra],
-        cwd=REPO,
-        env={**os.environ, name: value},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    with open(log, "w", encoding="utf-8") as sink:  # a file, not a pipe: a full pipe would stall the run
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "run", str(job)],
+            cwd=REPO,
+            env={**os.environ, name: value},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
 
 
-def test_driver_killed_with_sigkill_then_resumed(tmp_path: Path):
+def busy_model_actor(marker: str) -> int | None:
+    """The pid of this run's model actor while it is inside a batch (its title gains '.submit')."""
+    for pid, title in processes_with_env(marker):
+        if title.startswith(GENERATE_ACTOR + ".submit"):
+            return pid
+    return None
+
+
+def test_driver_killed_then_resumed_while_a_model_actor_is_killed(tmp_path: Path):
+    """Kill -9 the driver once some output exists; re-run the same command and, during that
+    run, kill -9 its model actor inside a batch. Every id ends up exactly once."""
     manifest, ids = small_manifest(tmp_path, 400)
     output = tmp_path / "out"
     job = write_job(tmp_path / "job.json", manifest, output, rows_per_shard=50, rows_per_file=10)
     marker = f"PIPELINE_TEST_RUN={uuid.uuid4().hex}"
-    first = start_cli(job, marker)
+    first = start_cli(job, marker, tmp_path / "first.log")
     try:
         wait_for(lambda: len(part_files(output)) >= 2 or first.poll() is not None, 400, "the first output files")
-        assert first.poll() is None, f"the run ended before it could be killed:\n{first.stdout.read()[-3000:]}"
+        assert first.poll() is None, "the run ended before it could be killed:\n" + (tmp_path / "first.log").read_text()
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=60)
         # The local Ray started by the killed driver goes down with it (Ray ties its processes
@@ -104,10 +116,26 @@ def test_driver_killed_with_sigkill_then_resumed(tmp_path: Path):
     assert not (output / "_SUCCESS").exists()
     assert (output / "_lease.json").exists()  # left by the killed driver; the re-run takes it over
 
-    second = start_cli(job, marker)
-    log, _ = second.communicate(timeout=600)
+    second = start_cli(job, marker, tmp_path / "second.log")
+    killed: list[int] = []
+    try:
+
+        def kill_busy_model_actor() -> bool:
+            pid = busy_model_actor(marker)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            return bool(killed) or second.poll() is not None
+
+        wait_for(kill_busy_model_actor, 400, "the resumed run's model actor inside a batch", 0.02)
+        second.wait(timeout=600)
+    finally:
+        kill_all([pid for pid, _ in processes_with_env(marker)])
+    log = (tmp_path / "second.log").read_text()
+    assert killed, "the resumed run's model actor was never seen inside a batch:\n" + log[-3000:]
     assert second.returncode == 0, log[-4000:]
-    assert_exactly_once(output, ids)
+    table = assert_exactly_once(output, ids)
+    assert table.column("error").null_count == table.num_rows  # the killed batch was redone, row by row
     markers = assert_markers_consistent(output)
     assert markers == 8  # 400 rows / 50 per shard, every one sealed
     assert (output / "_SUCCESS").exists() and not (output / "_lease.json").exists()
@@ -116,47 +144,6 @@ def test_driver_killed_with_sigkill_then_resumed(tmp_path: Path):
     assert summary["rows_done"] == len(ids) - len(before)
     assert summary["complete"] is True and summary["shards_incomplete"] == 0
     assert "skipped (resume)" in log
-
-
-def raylet_pid() -> int:
-    import ray
-
-    return ray._private.worker.global_worker.node.all_processes["raylet"][0].process.pid
-
-
-def test_model_actor_killed_by_pid_mid_run(tmp_path: Path, make_spec, ray_session):
-    from pipeline.runner import run
-
-    manifest, ids = small_manifest(tmp_path, 48)
-    spec = make_spec(
-        manifest,
-        preprocess={"workers": 1, "max_tiles": 1},
-        model={"batch_size": 2},
-        output={"path": str(tmp_path / "out"), "rows_per_file": 6},
-    )
-    raylet = raylet_pid()
-    killed: list[int] = []
-
-    def kill_model_actor_inside_a_batch() -> None:
-        def busy_model_actor() -> bool:  # the title gains '.submit' while the actor runs a batch
-            for pid, title in children_of(raylet):
-                if title.startswith(GENERATE_ACTOR + ".submit"):
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                    return True
-            return False
-
-        wait_for(busy_model_actor, 400, "the model actor inside a batch", 0.02)
-
-    killer = threading.Thread(target=kill_model_actor_inside_a_batch, daemon=True)
-    killer.start()
-    summary = run(spec)
-    killer.join(timeout=1)
-    assert killed, "the model actor was never seen working on a batch"
-    table = assert_exactly_once(tmp_path / "out", ids)
-    assert table.column("error").null_count == table.num_rows  # the retried batch was answered, row by row
-    assert summary["rows_done"] == len(ids) and summary["complete"]
-    assert_markers_consistent(tmp_path / "out")
 
 
 def test_out_of_memory_backs_off_end_to_end_and_overwrite_starts_clean(
