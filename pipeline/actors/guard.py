@@ -101,7 +101,8 @@ class StageGuard:
         crash = os.environ.get(FAULT_CRASH_ENV, "")
         self.crash_id = crash.split(":", 1)[1] if crash.startswith(f"{stage}:") else None
 
-    def _ledger(self, method: str, *args: Any) -> Any:
+    def _ledger(self, method: str, *args: Any, wait: bool = True) -> Any:
+        """Call the ledger; `wait=False` sends without waiting (calls from one caller stay in order)."""
         if self.ledger is None:
             return None
         call = getattr(self.ledger, method)
@@ -110,7 +111,8 @@ class StageGuard:
         import ray
 
         try:
-            return ray.get(call.remote(*args), timeout=LEDGER_TIMEOUT_S)
+            reference = call.remote(*args)
+            return ray.get(reference, timeout=LEDGER_TIMEOUT_S) if wait else None
         except (ray.exceptions.RayError, TimeoutError) as error:
             logger.warning("%s: crash ledger unreachable (%s); continuing without it", self.stage, error)
             return None
@@ -143,7 +145,7 @@ class StageGuard:
                 attempt,
             )
             out = self._isolated(batch, ids)
-        self._ledger("end", [key])
+        self._ledger("end", [key], wait=False)  # a batch that returned is never retried: no need to wait
         return out
 
     def _whole(self, batch: pa.Table, ids: list[str]) -> pa.Table:
@@ -183,7 +185,7 @@ class StageGuard:
             else:
                 self._maybe_crash([row_id])
                 outputs.append(self._one(row))
-            self._ledger("end", [key])
+            self._ledger("end", [key])  # confirmed before the next row: a death there must not count here
         return _concat(outputs)
 
 
