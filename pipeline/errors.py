@@ -55,7 +55,7 @@ ERROR_KINDS: dict[str, str] = {
     "context_too_long": "the prompt is longer than the model's context window",
     "oom": "out of memory even for this row alone",
     "model_error": "the model failed on this row after retries",
-    "worker_died": "the worker process died (crash, out-of-memory kill) every time it took this row",
+    "worker_died": "the worker process died (crash, out-of-memory kill, row_timeout_s) every time it took this row",
     "internal_error": "an unexpected exception in the pipeline's own code on this row (a bug: please report it)",
     "invalid_output": "the answer did not validate against the task's schema (raw text kept)",
 }
