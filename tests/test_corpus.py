@@ -111,7 +111,11 @@ def test_every_bad_row_through_one_job(tmp_path: Path):
     errors = collections.Counter(kind for kind in corpus.expected.values() if kind != ANSWER)
     assert summary["errors_by_kind"] == dict(errors)
     assert summary["rows_ok"] == sum(1 for kind in corpus.expected.values() if kind == ANSWER)
+    assert summary["rows_done"] == len(corpus.expected) and summary["rows_skipped_by_resume"] == 0
     assert summary["complete"] is True
+    assert all(summary["stage_seconds"][stage] > 0 for stage in ("preprocess", "generate", "write"))
+    assert summary["images_per_s"] > 0 and summary["rows_by_media_type"]["video"] >= 2
+    assert "errors" in result.stdout and "skipped (resume)" in result.stdout  # the printed summary
 
 
 def _job_case_spec(case: JobCase, folder: Path):
