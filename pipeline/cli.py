@@ -24,7 +24,7 @@ def job_errors_exit(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from pipeline.errors import JobError
+        from pipeline.errors import JobError, RunFailed
         from pipeline.spec import SpecError
         from pipeline.storage import redact
 
@@ -32,7 +32,7 @@ def job_errors_exit(command: F) -> F:
             return command(*args, **kwargs)
         except (JobError, SpecError) as error:
             click.echo(f"error: {redact(str(error))}", err=True)
-            sys.exit(EXIT_JOB_ERROR)
+            sys.exit(EXIT_RUN_FAILED if isinstance(error, RunFailed) else EXIT_JOB_ERROR)
         except Exception as error:
             if not _object_store_unreachable(error):
                 raise

@@ -23,7 +23,26 @@ from pipeline.spec import JobSpec, ModelSpec
 # Fault tolerance: Ray Data's actor pools restart dead actors without limit and retry
 # their batches (max_restarts=-1, max_task_retries=-1 are its defaults, which we keep).
 # A retried batch is rewritten under the same file names (they follow the rows' ids),
-# so a retry never duplicates output.
+# so a retry never duplicates output; a row that kills its actor every time is given a
+# `worker_died` error after the stage's max_retries (see `pipeline.actors.guard`).
+
+# Environment variables with this prefix on the driver (cache dir, test hooks) are passed
+# on to every stage: on a cluster, or with a Ray started earlier, workers do not inherit
+# the driver's environment.
+FORWARDED_ENV_PREFIX = "PIPELINE_"
+
+
+def forwarded_env() -> dict[str, str]:
+    """The driver's PIPELINE_* variables, for the stages' runtime_env."""
+    import os
+
+    return {name: value for name, value in os.environ.items() if name.startswith(FORWARDED_ENV_PREFIX)}
+
+
+def stage_remote_args() -> dict[str, Any]:
+    """Ray remote arguments every stage gets (the forwarded environment)."""
+    env = forwarded_env()
+    return {"runtime_env": {"env_vars": env}} if env else {}
 
 
 @dataclass(frozen=True)
@@ -93,8 +112,11 @@ def rows_per_model_call(spec: JobSpec) -> int:
     return spec.model.batch_size * 4
 
 
-def build_dataset(spec: JobSpec, plan: ManifestPlan, pending: list[Shard], resources: StageResources) -> Any:
-    """The lazy Ray Data dataset whose rows are write statistics."""
+def build_dataset(
+    spec: JobSpec, plan: ManifestPlan, pending: list[Shard], resources: StageResources, ledger: Any | None = None
+) -> Any:
+    """The lazy Ray Data dataset whose rows are write statistics. `ledger` is the run's crash
+    ledger actor (see `pipeline.actors.guard`)."""
     import ray.data
 
     from pipeline.actors.generate import GenerateStage
@@ -102,7 +124,7 @@ def build_dataset(spec: JobSpec, plan: ManifestPlan, pending: list[Shard], resou
     from pipeline.actors.read import read_shards
     from pipeline.actors.write import postprocess_batch, write_batch
 
-    resume = spec.output.mode == "resume"
+    remote_args = stage_remote_args()
     shards = ray.data.from_items([asdict(shard) for shard in pending], override_num_blocks=max(1, len(pending)))
     rows = shards.map_batches(
         cast(Any, read_shards),
@@ -110,19 +132,20 @@ def build_dataset(spec: JobSpec, plan: ManifestPlan, pending: list[Shard], resou
             "spec": spec,
             "columns": plan.columns,
             "passthrough": plan.passthrough,
-            "resume": resume,
         },
         batch_size=1,
         batch_format="numpy",
         num_cpus=0.25,
+        **remote_args,
     )
     prepared = rows.map_batches(
         PreprocessStage,
-        fn_constructor_kwargs={"spec": spec},
+        fn_constructor_kwargs={"spec": spec, "ledger": ledger},
         batch_size=spec.preprocess.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=spec.preprocess.workers),
         num_cpus=spec.preprocess.cpus_per_worker,
+        **remote_args,
     )
     with warnings.catch_warnings():
         # `ray_remote_args_fn` (per-actor placement groups) is deprecated from Ray 2.60 without a
@@ -130,16 +153,17 @@ def build_dataset(spec: JobSpec, plan: ManifestPlan, pending: list[Shard], resou
         warnings.filterwarnings("ignore", message="`ray_remote_args_fn` is deprecated")
         answered = prepared.map_batches(
             GenerateStage,
-            fn_constructor_kwargs={"spec": model_stage_spec(spec, resources)},
+            fn_constructor_kwargs={"spec": model_stage_spec(spec, resources), "ledger": ledger},
             batch_size=rows_per_model_call(spec),
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=spec.model.replicas),
             num_cpus=resources.cpus_per_model_actor,
             num_gpus=resources.gpus_per_model_actor,
+            **remote_args,
             **model_actor_placement(spec, resources),
         )
     labelled = answered.map_batches(
-        cast(Any, postprocess_batch), fn_kwargs={"spec": spec}, batch_format="pyarrow", num_cpus=0.25
+        cast(Any, postprocess_batch), fn_kwargs={"spec": spec}, batch_format="pyarrow", num_cpus=0.25, **remote_args
     )
     return labelled.map_batches(
         cast(Any, write_batch),
@@ -147,4 +171,5 @@ def build_dataset(spec: JobSpec, plan: ManifestPlan, pending: list[Shard], resou
         batch_size=spec.output.rows_per_file,
         batch_format="pyarrow",
         num_cpus=0.25,
+        **remote_args,
     )

@@ -114,6 +114,7 @@ class RunTracker:
     tiles: int = 0
     preprocess_s: float = 0.0
     generate_s: float = 0.0
+    write_s: float = 0.0
     files: int = 0
     first_write: float | None = None
     first_write_rows: int = 0
@@ -123,12 +124,27 @@ class RunTracker:
     gpu_peak_bytes: dict[str, int] = field(default_factory=dict)
     stages: StageRows = field(default_factory=StageRows)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Files already counted per shard in progress: a retried write task reports its file
+    # again; counting it twice could call a shard complete before its last file exists.
+    shard_files: dict[str, set[str]] = field(default_factory=dict)
+    # Rows each shard still had to do when this run first read it (O(shards), not O(rows)):
+    # what the shard's rows minus this is, was skipped by resume.
+    shard_todo: dict[str, int] = field(default_factory=dict)
+    repeated_reports: int = 0
 
     def update(self, stats: pa.Table) -> list[str]:
         """Add a batch of statistics rows; return the shards that just became complete."""
         completed: list[str] = []
         with self._lock:
             for row in stats.to_pylist():
+                shard = row["shard"]
+                files = self.shard_files.setdefault(shard, set())
+                if row.get("file") is not None:
+                    if row["file"] in files:
+                        self.repeated_reports += 1
+                        continue
+                    files.add(row["file"])
+                self.shard_todo.setdefault(shard, row["shard_todo"])
                 self.files += 1
                 self.rows += row["rows"]
                 self.errors += row["errors"]
@@ -139,15 +155,16 @@ class RunTracker:
                 self.tiles += row["tiles"]
                 self.preprocess_s += row["preprocess_s"]
                 self.generate_s += row["generate_s"]
+                self.write_s += row.get("write_s") or 0.0
                 for replica, peak in json.loads(row.get("gpu_peak_bytes") or "{}").items():
                     self.gpu_peak_bytes[replica] = max(self.gpu_peak_bytes.get(replica, 0), int(peak))
                 if self.first_write is None:
                     self.first_write, self.first_write_rows = row["written_at"], row["rows"]
                 self.last_write = max(self.last_write or 0.0, row["written_at"])
-                shard = row["shard"]
                 written = self.shard_written.get(shard, 0) + row["rows"]
                 if written >= row["shard_todo"]:
                     self.shard_written.pop(shard, None)
+                    self.shard_files.pop(shard, None)
                     completed.append(shard)
                 else:
                     self.shard_written[shard] = written
@@ -248,10 +265,15 @@ class RunTracker:
             "tokens_per_s": round((self.prompt_tokens + self.output_tokens) / wall, 2) if wall > 0 else None,
             "output_tokens_per_s": round(self.output_tokens / wall, 2) if wall > 0 else None,
             "mean_tiles_per_row": round(self.tiles / ok, 3) if ok else None,
-            "stage_seconds": {"preprocess": round(self.preprocess_s, 3), "generate": round(self.generate_s, 3)},
+            "stage_seconds": {
+                "preprocess": round(self.preprocess_s, 3),
+                "generate": round(self.generate_s, 3),
+                "write": round(self.write_s, 3),
+            },
             "stage_seconds_per_row": {
                 "preprocess": round(self.preprocess_s / self.rows, 4) if self.rows else None,
                 "generate": round(self.generate_s / ok, 4) if ok else None,
+                "write": round(self.write_s / self.rows, 4) if self.rows else None,
             },
             # Only replicas on CUDA report a peak; None means no replica ran on a GPU.
             "gpu_peak_memory_bytes": dict(sorted(self.gpu_peak_bytes.items())) or None,

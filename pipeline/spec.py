@@ -152,6 +152,18 @@ class PreprocessSpec(StrictModel):
         "(faster, not bit-exact with the reference).",
     )
     fetch_retries: int = Field(default=3, ge=0, description="Retries (with backoff) of a failed media read.")
+    max_retries: int = Field(
+        default=3,
+        ge=0,
+        description="Times a row is retried after a CPU worker died on it (a decoder crash, the out-of-memory "
+        "killer) before it gets a `worker_died` error.",
+    )
+    row_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest a CPU worker may spend on one row (fetch, decode, tile); a row that hangs past it "
+        "(a decoder stuck on a crafted file) has its worker stopped and is retried, then gets `worker_died`.",
+    )
 
 
 class ModelSpec(StrictModel):
@@ -221,7 +233,10 @@ class ModelSpec(StrictModel):
     )
     cpus_per_replica: float = Field(default=1.0, gt=0, description="CPUs Ray reserves for each model actor (rank).")
     max_retries: int = Field(
-        default=3, ge=0, description="Times a batch is retried after a model actor dies before its rows get errors."
+        default=3,
+        ge=0,
+        description="Times a row is retried after a model actor died on it (a crash, the out-of-memory killer) "
+        "before it gets a `worker_died` error.",
     )
 
     @model_validator(mode="after")

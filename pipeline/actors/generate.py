@@ -246,14 +246,33 @@ def with_replica_columns(batch: pa.Table, replica: str, peak_bytes: int | None) 
 
 
 class GenerateStage:
-    """Ray Data callable class for the model actor pool: one replica per actor."""
+    """Ray Data callable class for the model actor pool: one replica per actor.
 
-    def __init__(self, spec: JobSpec) -> None:
+    Calls go through a `StageGuard` (see `pipeline.actors.guard`): a row that kills the
+    replica's process every time, or raises something unforeseen, becomes an error row.
+    """
+
+    def __init__(self, spec: JobSpec, ledger: Any | None = None) -> None:
+        from pipeline.actors.guard import StageGuard
         from pipeline.models.replica import load_replica
 
         self.generator = Generator(spec, load_replica(spec))
         self.replica = replica_name()
+        self.guard = StageGuard("generate", self.generator, self.failed, ledger, spec.model.max_retries)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        answered = self.generator(batch)
+        answered = self.guard(batch)
         return with_replica_columns(answered, self.replica, self.generator.engine.peak_memory_bytes())
+
+    def failed(self, batch: pa.Table, kind: str, message: str) -> pa.Table:
+        """The stage's output for rows that get an error without reaching the model."""
+        rows = batch.num_rows
+        marked = batch.set_column(
+            batch.schema.get_field_index(ERROR_KIND), ERROR_KIND, pa.array([kind] * rows, type=pa.string())
+        )
+        marked = marked.set_column(
+            marked.schema.get_field_index(ERROR),
+            ERROR,
+            pa.array([error_text(kind, message)] * rows, type=pa.string()),
+        )
+        return self.generator(marked)  # rows with an error pass through without the model

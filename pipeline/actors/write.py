@@ -3,6 +3,8 @@
 Both are plain tasks (Ray Data fuses them). The write stage groups a batch's rows by
 shard, writes one file per group (see `pipeline.writers.parquet`), and returns one small
 statistics row per file: the driver consumes only these, never the results themselves.
+Each statistics row names its file, so the driver counts a file once even if a retried
+task reports it twice (the retry rewrote the same name with the same rows).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from pipeline.actors.generate import GENERATE_S, GPU_PEAK_BYTES, OUTPUT_TOKENS, 
 from pipeline.actors.preprocess import ERROR_KIND, MEDIA_TYPE, NUM_TILES, PREPROCESS_S, QUERY
 from pipeline.readers.manifest import ID, PASSTHROUGH_PREFIX, SHARD, SHARD_TODO
 from pipeline.spec import JobSpec
-from pipeline.writers.parquet import ParquetWriter, part_uri
+from pipeline.storage import join_uri
+from pipeline.writers.parquet import ParquetWriter, part_name
 
 COMPLETED_AT = "completed_at"
 INTERNAL_COLUMNS = (SHARD, SHARD_TODO, QUERY, REPLICA, GPU_PEAK_BYTES)
@@ -26,6 +29,7 @@ INTERNAL_COLUMNS = (SHARD, SHARD_TODO, QUERY, REPLICA, GPU_PEAK_BYTES)
 STATS_SCHEMA = pa.schema(
     [
         ("shard", pa.string()),
+        ("file", pa.string()),
         ("shard_todo", pa.int64()),
         ("rows", pa.int64()),
         ("errors", pa.int64()),
@@ -36,6 +40,7 @@ STATS_SCHEMA = pa.schema(
         ("tiles", pa.int64()),
         ("preprocess_s", pa.float64()),
         ("generate_s", pa.float64()),
+        ("write_s", pa.float64()),
         ("written_at", pa.float64()),
         ("gpu_peak_bytes", pa.string()),  # JSON {replica: bytes}; "{}" off CUDA
     ]
@@ -96,13 +101,16 @@ class WriteStage:
         for shard in pc.unique(shards).to_pylist():
             group = batch.filter(pc.equal(shards, shard))
             table = output_table(group, now)
-            ids = table.column(ID).to_pylist()
-            self.writer.write_table(table, part_uri(self.spec.output.path, shard, ids))
+            name = part_name(table.column(ID).to_pylist())
+            started = time.perf_counter()
+            self.writer.write_table(table, join_uri(self.spec.output.path, shard, name))
+            write_s = time.perf_counter() - started
             kinds = Counter(k for k in group.column(ERROR_KIND).to_pylist() if k)
             media = Counter(m or "unknown" for m in group.column(MEDIA_TYPE).to_pylist())
             stats.append(
                 {
                     "shard": shard,
+                    "file": name,
                     "shard_todo": group.column(SHARD_TODO)[0].as_py(),
                     "rows": group.num_rows,
                     "errors": sum(kinds.values()),
@@ -113,6 +121,7 @@ class WriteStage:
                     "tiles": int(_sum(group, NUM_TILES)),
                     "preprocess_s": float(_sum(group, PREPROCESS_S)),
                     "generate_s": float(_sum(group, GENERATE_S)),
+                    "write_s": write_s,
                     "written_at": time.time(),
                     "gpu_peak_bytes": json.dumps(gpu_peaks(group)),
                 }

@@ -13,7 +13,10 @@ are retried with exponential backoff and jitter - on top of the S3 client's own 
 
 from __future__ import annotations
 
+import errno
+import os
 import random
+import stat
 import time
 from typing import TYPE_CHECKING
 
@@ -44,6 +47,8 @@ if TYPE_CHECKING:
 
 
 def _row_error(error: BaseException, uri: str, storage: StorageSpec | None, attempts: int) -> RowError:
+    if isinstance(error, OSError) and error.errno == errno.ELOOP:
+        return RowError("missing", f"{uri} does not exist (a loop of symbolic links)")
     kind = classify(error)
     if kind == MISSING:
         return RowError(
@@ -80,6 +85,16 @@ def read_limited(fs: AbstractFileSystem, path: str, uri: str, max_bytes: int) ->
     return bytes(data)
 
 
+def _check_local_file_type(path: str, uri: str) -> None:
+    """A pipe, socket or device behind a local path would block or never end: refuse it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing, a symlink loop...: the read reports it
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise RowError("not_a_file", f"{uri} is not a regular file (a pipe, socket or device)")
+
+
 def fetch_bytes(
     uri: str,
     storage: StorageSpec | None = None,
@@ -90,6 +105,8 @@ def fetch_bytes(
     """Read a whole file or object, or raise a RowError saying why not."""
     if not uri or not uri.strip():
         raise RowError("empty_uri", "the uri is empty")
+    if "\x00" in uri:
+        raise RowError("bad_row", f"the uri {uri!r} contains a NUL character")
     scheme = uri_scheme(uri)
     if scheme not in SUPPORTED_SCHEMES:
         raise RowError("unsupported_uri", f"scheme {scheme!r} of {uri!r} is not supported (use a path or s3://)")
@@ -97,6 +114,8 @@ def fetch_bytes(
         fs, path = filesystem_for(uri, storage)
     except StorageError as error:
         raise RowError("unsupported_uri", str(error)) from None
+    if not is_remote(uri):
+        _check_local_file_type(path, uri)
     attempt = 0
     while True:
         try:
