@@ -93,10 +93,10 @@ def test_resume_with_a_changed_model(tmp_path: Path, manifest: Path):
     out = tmp_path / "out"
     first = write_job(tmp_path, "first.yaml", f"input:\n  manifest: {manifest}\noutput:\n  path: {out}\n")
     checked = check_job(load_spec(first))
-    prepare_output(checked.spec, checked.plan)  # what the first run leaves behind: _job.json
-    changed = check_job(load_spec(first, ["model.name=none"]))
+    prepare_output(checked.spec, checked.plan)  # what the first run leaves behind: _job.json ...
+    (out / checked.plan.shards[0].key).mkdir()  # ... and some results
     with pytest.raises(JobError) as caught:
-        prepare_output(changed.spec, changed.plan)
+        check_job(load_spec(first, ["model.name=none"]))
     assert str(caught.value) == (
         f"output.path {out} holds results of a different job (model.name: 'tiny-random' -> 'none'). "
         "Resuming would mix answers of two configurations. Use a new output.path, or set output.mode: overwrite "

@@ -281,6 +281,7 @@ def test_a_file_reported_twice_is_counted_once():
             "generate_s": 0.0,
             "write_s": 0.0,
             "written_at": time.time(),
+            "gpu_peak_bytes": "{}",
         }
         return pa.Table.from_pylist([row], schema=STATS_SCHEMA)
 

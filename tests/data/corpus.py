@@ -620,7 +620,7 @@ JOB_CASES: list[JobCase] = [
     JobCase(
         "manifest_empty_folder",
         "a folder with no Parquet files",
-        "no Parquet files found",
+        "holds no Parquet files and no images or videos",
         lambda d: (str(_mkdir(d / "empty")), {}),
     ),
     JobCase(
