@@ -24,7 +24,7 @@ def job_errors_exit(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from pipeline.errors import JobError
+        from pipeline.errors import JobError, RunFailed
         from pipeline.spec import SpecError
         from pipeline.storage import redact
 
@@ -32,9 +32,28 @@ def job_errors_exit(command: F) -> F:
             return command(*args, **kwargs)
         except (JobError, SpecError) as error:
             click.echo(f"error: {redact(str(error))}", err=True)
+            sys.exit(EXIT_RUN_FAILED if isinstance(error, RunFailed) else EXIT_JOB_ERROR)
+        except Exception as error:
+            if not _object_store_unreachable(error):
+                raise
+            click.echo(
+                f"error: cannot reach the object store ({type(error).__name__}: {redact(str(error))}). "
+                "Check storage.endpoint_url (or AWS_ENDPOINT_URL), the network, and your AWS credentials",
+                err=True,
+            )
             sys.exit(EXIT_JOB_ERROR)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _object_store_unreachable(error: Exception) -> bool:
+    """botocore's connection and credential errors, which s3fs passes through as they are
+    (not as OSError), so that the checks that catch OSError miss them."""
+    try:
+        from botocore.exceptions import BotoCoreError
+    except ImportError:
+        return False
+    return isinstance(error, BotoCoreError)
 
 
 set_option = click.option(
@@ -93,6 +112,170 @@ def spec_reference() -> None:
     from pipeline.spec_docs import spec_reference_markdown
 
     click.echo(spec_reference_markdown())
+
+
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option(
+    "--address",
+    default=None,
+    help="The cluster's job API, e.g. http://HEAD:8265 (default RAY_API_SERVER_ADDRESS or RAY_ADDRESS).",
+)
+@click.option("--follow", is_flag=True, help="Stream the job's logs and exit with its status (0 only on success).")
+@click.option(
+    "--working-dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Folder shipped as the job's working directory (default: this project's folder).",
+)
+@click.option("--submission-id", default=None, help="A unique id for the job (default: Ray makes one).")
+@set_option
+@job_errors_exit
+def submit(
+    job: str,
+    address: str | None,
+    follow: bool,
+    working_dir: str | None,
+    submission_id: str | None,
+    overrides: tuple[str, ...],
+) -> None:
+    """Submit JOB to a Ray cluster: ships this project as the working dir with the spec's runtime_env,
+    runs `python -m pipeline run JOB` there, prints the job id; --follow streams the logs."""
+    from pathlib import Path
+
+    from pipeline import submit as submission
+
+    where = submission.api_address(address)
+    folder = Path(working_dir) if working_dir else submission.project_root()
+    spec, plan = submission.prepare(job, list(overrides), folder)
+    for warning in submission.path_warnings(spec):
+        click.echo(f"warning: {warning}", err=True)
+    client = submission.connect(where)
+    job_id = submission.submit(client, plan, spec, submission_id)
+    click.echo(job_id)
+    if not follow:
+        click.echo(
+            f"submitted {spec.name!r} to {where}; follow it with: ray job logs --follow --address {where} {job_id}",
+            err=True,
+        )
+        return
+    try:
+        status = submission.follow(client, job_id, lambda text: click.echo(text, nl=False))
+    except KeyboardInterrupt:
+        click.echo(
+            f"\nstopped following; the job keeps running (stop it with: ray job stop --address {where} {job_id})",
+            err=True,
+        )
+        sys.exit(130)
+    click.echo(f"job {job_id} {status}", err=True)
+    sys.exit(0 if status == "SUCCEEDED" else EXIT_RUN_FAILED)
+
+
+@main.command()
+@click.argument("source")
+@click.option("-o", "--output", required=True, help="The manifest to write: a .parquet path, local or s3://.")
+@click.option("--endpoint-url", default=None, help="S3-compatible endpoint (default AWS_ENDPOINT_URL).")
+@click.option("--region", default=None, help="S3 region (default AWS_REGION).")
+@click.option("--rows-per-group", default=10_000, show_default=True, help="Rows per Parquet row group.")
+@job_errors_exit
+def manifest(source: str, output: str, endpoint_url: str | None, region: str | None, rows_per_group: int) -> None:
+    """List the images and videos under SOURCE (a folder, an s3:// prefix, or a quoted glob such as
+    's3://bucket/photos/**/*.jpg') into a manifest: id (the key relative to SOURCE), uri, media_type,
+    size_bytes."""
+    from collections import Counter
+
+    from pipeline.errors import JobError
+    from pipeline.readers.listing import list_media, write_listing
+    from pipeline.spec import StorageSpec
+
+    storage = StorageSpec(endpoint_url=endpoint_url, region=region)
+    media = list_media(source, storage)
+    if not media:
+        raise JobError(f"no images or videos found at {source} (looked for image and video file extensions)")
+    rows = write_listing(media, output, storage, rows_per_group)
+    kinds = Counter(item.media_type for item in media)
+    click.echo(f"wrote {rows} rows ({kinds['image']} images, {kinds['video']} videos) to {output}")
+
+
+@main.command(name="family")
+@click.option(
+    "--gpu-memory-gb",
+    "gpu_memory",
+    multiple=True,
+    type=float,
+    help="GPU sizes to size replicas for (repeatable; default 80 and 141).",
+)
+def family_table(gpu_memory: tuple[float, ...]) -> None:
+    """Print the InternVL3 presets: architecture, parameters (counted on the meta device), weight
+    memory and GPUs per replica. Downloads nothing."""
+    from pipeline.models.family import TABLE_GPU_SIZES_GB, presets_table
+
+    click.echo(presets_table(tuple(gpu_memory) or TABLE_GPU_SIZES_GB))
+
+
+endpoint_option = click.option(
+    "--endpoint-url",
+    default=None,
+    metavar="URL",
+    help="S3-compatible endpoint for an s3:// OUTPUT and its media (default: AWS_ENDPOINT_URL or AWS).",
+)
+
+
+def _storage(endpoint_url: str | None) -> Any:
+    from pipeline.spec import StorageSpec
+
+    return StorageSpec(endpoint_url=endpoint_url) if endpoint_url else None
+
+
+@main.command()
+@click.argument("output")
+@click.option(
+    "--html",
+    "html_path",
+    default="report.html",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write the page.",
+)
+@click.option("--sample", default=24, show_default=True, type=click.IntRange(min=0), help="Rows shown with media.")
+@endpoint_option
+@job_errors_exit
+def report(output: str, html_path: str, sample: int, endpoint_url: str | None) -> None:
+    """Write a self-contained HTML report of OUTPUT (a job's output.path, local or s3://): counts,
+    throughput and tiles charts, errors by kind with examples, and sample rows with their media."""
+    from pipeline.report import build_report
+
+    built = build_report(output, html_path, sample=sample, storage=_storage(endpoint_url))
+    click.echo(
+        f"wrote {html_path} ({built['bytes'] // 1024} KiB): {built['rows']} rows, {built['errors']} with errors, "
+        f"{built['sampled']} shown; open it in a browser"
+    )
+
+
+@main.command()
+@click.argument("output")
+@click.option("--errors", "errors_only", is_flag=True, help="Show only rows with an error.")
+@click.option("--id", "row_id", default=None, metavar="ID", help="Show the row with this id.")
+@click.option("--limit", default=5, show_default=True, type=click.IntRange(min=0), help="Rows to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print rows as JSON lines (no counts), e.g. for jq.")
+@endpoint_option
+@job_errors_exit
+def inspect(
+    output: str, errors_only: bool, row_id: str | None, limit: int, as_json: bool, endpoint_url: str | None
+) -> None:
+    """Print OUTPUT's counts (rows, errors by kind), its schema, and rows in a readable form."""
+    from pipeline.inspect import inspect_output
+
+    click.echo(
+        inspect_output(
+            output,
+            errors_only=errors_only,
+            row_id=row_id,
+            limit=limit,
+            as_json=as_json,
+            storage=_storage(endpoint_url),
+        )
+    )
 
 
 def _import_benchmarks() -> Any:

@@ -17,6 +17,12 @@ class JobError(RuntimeError):
     """A problem with the job as a whole (spec, manifest, cluster, model): fail fast."""
 
 
+class RunFailed(JobError):
+    """A run that started but could not finish (the cluster failed under it, a bug, shards left
+    incomplete). What was written is kept; re-running the same command resumes. The CLI exits
+    with 1 for these, 2 for problems found before any work started."""
+
+
 @dataclass
 class RowError(Exception):
     """A problem with one row; `kind` is a short stable identifier, `message` says what and why."""
@@ -34,6 +40,7 @@ ERROR_KINDS: dict[str, str] = {
     "unsupported_uri": "the uri's scheme is not a local path or s3://",
     "missing": "the file or object does not exist",
     "is_directory": "the uri names a directory",
+    "not_a_file": "the uri names a pipe, socket or device, which could block or never end",
     "access_denied": "the file or object exists but may not be read",
     "fetch_error": "reading the bytes failed after retries",
     "too_large": "the file is larger than preprocess.max_file_bytes",
@@ -48,6 +55,8 @@ ERROR_KINDS: dict[str, str] = {
     "context_too_long": "the prompt is longer than the model's context window",
     "oom": "out of memory even for this row alone",
     "model_error": "the model failed on this row after retries",
+    "worker_died": "the worker process died (crash, out-of-memory kill, row_timeout_s) every time it took this row",
+    "internal_error": "an unexpected exception in the pipeline's own code on this row (a bug: please report it)",
     "invalid_output": "the answer did not validate against the task's schema (raw text kept)",
 }
 

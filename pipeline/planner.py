@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,7 @@ from pipeline.spec import JobSpec
 HEADER_BYTES = 512 * 1024  # enough for the headers (and EXIF) of nearly every image file
 
 # ---------------------------------------------------------------------------------------
-# The InternVL3 family, from the published configs (vision encoder / language model).
-# A minimal table for the planner; `pipeline.models.family` may carry the same facts.
+# FLOP shapes: the InternVL3 family's configs (from `pipeline.models.family`) and tiny-random.
 
 
 @dataclass(frozen=True)
@@ -105,25 +104,30 @@ class ModelShape:
     gpus: int = 1  # GPUs one replica needs in bf16
 
 
-INTERNVIT_300M = VisionShape(hidden=1024, layers=24, intermediate=4096)
-INTERNVIT_6B = VisionShape(hidden=3200, layers=45, intermediate=12800)
-QWEN_VOCAB = 151_674
-FAMILY: dict[str, ModelShape] = {
-    "InternVL3-1B": ModelShape("InternVL3-1B", INTERNVIT_300M, LanguageShape(896, 24, 4864, 14, 2, QWEN_VOCAB, True)),
-    "InternVL3-2B": ModelShape("InternVL3-2B", INTERNVIT_300M, LanguageShape(1536, 28, 8960, 12, 2, QWEN_VOCAB, True)),
-    "InternVL3-8B": ModelShape(
-        "InternVL3-8B", INTERNVIT_300M, LanguageShape(3584, 28, 18944, 28, 4, QWEN_VOCAB, False)
-    ),
-    "InternVL3-14B": ModelShape(
-        "InternVL3-14B", INTERNVIT_300M, LanguageShape(5120, 48, 13824, 40, 8, QWEN_VOCAB, False)
-    ),
-    "InternVL3-38B": ModelShape(
-        "InternVL3-38B", INTERNVIT_6B, LanguageShape(5120, 64, 27648, 40, 8, QWEN_VOCAB, False), gpus=2
-    ),
-    "InternVL3-78B": ModelShape(
-        "InternVL3-78B", INTERNVIT_6B, LanguageShape(8192, 80, 29568, 64, 8, QWEN_VOCAB, False), gpus=4
-    ),
-}
+def _family_shapes() -> dict[str, ModelShape]:
+    """The FLOP shapes of the InternVL3 family, from the presets in `pipeline.models.family`."""
+    from pipeline.models.family import FAMILY as PRESETS
+
+    shapes = {}
+    for member in PRESETS.values():
+        vision, language = member.vision, member.language
+        shapes[member.name] = ModelShape(
+            member.name,
+            VisionShape(vision.hidden_size, vision.num_hidden_layers, vision.intermediate_size),
+            LanguageShape(
+                language.hidden_size,
+                language.num_hidden_layers,
+                language.intermediate_size,
+                language.num_attention_heads,
+                language.num_key_value_heads,
+                int(language.config()["vocab_size"]),
+                bool(language.config()["tie_word_embeddings"]),
+            ),
+        )
+    return shapes
+
+
+FAMILY: dict[str, ModelShape] = _family_shapes()
 
 
 def tiny_random_shape() -> ModelShape:
@@ -159,6 +163,20 @@ DEVICES: dict[str, float] = {
     "l40s": 362.0,
     "l4": 121.0,
 }
+DEVICE_MEMORY_GB: dict[str, float] = {"h100": 80, "h100-pcie": 80, "h200": 141, "a100": 80, "l40s": 48, "l4": 24}
+
+
+def devices_per_replica(shape: ModelShape, device: str, quantization: str | None) -> int:
+    """GPUs one replica of a family member needs on this device (the family's own rule)."""
+    from pipeline.models.family import gpus_needed, member_by_name, member_shape
+
+    member = member_by_name(shape.name)
+    if member is None or device not in DEVICE_MEMORY_GB:
+        return 1
+    needed = gpus_needed(member_shape(member.size), DEVICE_MEMORY_GB[device], "bfloat16", quantization)
+    if needed is None:
+        raise JobError(f"{shape.name} does not fit on {device} GPUs at any tensor-parallel size; pick a larger GPU")
+    return needed
 
 
 def measure_cpu_tflops(seconds: float = 1.0) -> float:
@@ -471,7 +489,7 @@ def make_plan(
         tflop_per_row_prefill_only=round(per_row_prefill / 1e12, 6),
         bound_rows_per_s=round(peak_tflops * 1e12 / per_row / shape.gpus, 3) if per_row else math.inf,
         device_seconds_per_1000_rows=round(seconds_per_row * 1000, 3),
-        device_hours_total=round(seconds_per_row * plan.total_rows / 3600, 4),
+        device_hours_total=float(f"{seconds_per_row * plan.total_rows / 3600:.6g}"),
         gpus_per_replica=shape.gpus,
         header_seconds=round(header_seconds, 3),
         rows=predictions,
@@ -511,6 +529,7 @@ def plan_job(
             raise JobError(
                 f"--device {device!r} is unknown; use one of {', '.join([*DEVICES, 'cpu'])} or --peak-tflops"
             )
+    shape = replace(shape, gpus=devices_per_replica(shape, device, spec.model.quantization))
     plan = plan_manifest(spec.input, spec.storage)
     tokenizer, note = load_tokenizer(spec)
     started = time.perf_counter()

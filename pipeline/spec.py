@@ -152,6 +152,18 @@ class PreprocessSpec(StrictModel):
         "(faster, not bit-exact with the reference).",
     )
     fetch_retries: int = Field(default=3, ge=0, description="Retries (with backoff) of a failed media read.")
+    max_retries: int = Field(
+        default=3,
+        ge=0,
+        description="Times a row is retried after a CPU worker died on it (a decoder crash, the out-of-memory "
+        "killer) before it gets a `worker_died` error.",
+    )
+    row_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Longest a CPU worker may spend on one row (fetch, decode, tile); a row that hangs past it "
+        "(a decoder stuck on a crafted file) has its worker stopped and is retried, then gets `worker_died`.",
+    )
 
 
 class ModelSpec(StrictModel):
@@ -199,6 +211,24 @@ class ModelSpec(StrictModel):
     quantization: Literal["int8", "fp8"] | None = Field(
         default=None, description="Quantised weights: 'int8' (bitsandbytes, CUDA) or 'fp8' (Hopper)."
     )
+    gpus_per_replica: int | None = Field(
+        default=None,
+        ge=1,
+        description="GPUs one replica spans with model.device_map: auto (its layers split across them). "
+        "Null means model.tensor_parallel (1 without tensor parallel).",
+    )
+    gpu_memory_gb: float = Field(
+        default=80.0,
+        gt=0,
+        description="Memory of one GPU in GB, for the GPUs-per-replica check at validate time "
+        "(80 for A100/H100 80GB, 141 for H200). Each GPU keeps 20% of it for activations and the KV cache.",
+    )
+    dummy_layers: int | None = Field(
+        default=None,
+        ge=1,
+        description="With a 'dummy:' model: build only this many vision and language layers (quick trials, "
+        "tests); null keeps the family member's real depth.",
+    )
     trust_remote_code: bool = Field(
         default=False,
         description="Allow original-format checkpoints that run code from the model repository. Off by default.",
@@ -209,7 +239,10 @@ class ModelSpec(StrictModel):
     )
     cpus_per_replica: float = Field(default=1.0, gt=0, description="CPUs Ray reserves for each model actor (rank).")
     max_retries: int = Field(
-        default=3, ge=0, description="Times a batch is retried after a model actor dies before its rows get errors."
+        default=3,
+        ge=0,
+        description="Times a row is retried after a model actor died on it (a crash, the out-of-memory killer) "
+        "before it gets a `worker_died` error.",
     )
 
     @model_validator(mode="after")
@@ -246,6 +279,18 @@ class StorageSpec(StrictModel):
     )
     region: str | None = Field(default=None, description="S3 region; default AWS_REGION / AWS_DEFAULT_REGION.")
     anonymous: bool = Field(default=False, description="Read public buckets without credentials.")
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="Seconds to wait for a connection to the object store before a retry."
+    )
+    read_timeout_s: float = Field(
+        default=60.0, gt=0, description="Seconds without data from the object store before a read is retried."
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Attempts per object-store request (the S3 client's own retries, exponential backoff with "
+        "jitter); a media read is then retried preprocess.fetch_retries more times.",
+    )
 
 
 class RuntimeEnvSpec(StrictModel):
@@ -279,6 +324,38 @@ class JobSpec(StrictModel):
     output: OutputSpec = Field(description="Where the results go.")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Object-store settings.")
     ray: RaySpec = Field(default_factory=RaySpec, description="Cluster settings.")
+
+
+# Keys that would put credentials into a job file. Credentials come only from the standard
+# AWS chain (environment, profile, instance role), so such keys are refused by name, and the
+# message never repeats their values.
+_AWS_SECRET_NAMES = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token"})
+_STORAGE_SECRET_NAMES = frozenset(
+    {"access_key_id", "secret_access_key", "session_token", "access_key", "secret_key", "secret", "token", "password"}
+)
+
+
+def _credential_keys(data: Any, path: str = "") -> list[str]:
+    found: list[str] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            name = str(key).lower()
+            where = f"{path}{key}"
+            if name in _AWS_SECRET_NAMES or (path == "storage." and name in _STORAGE_SECRET_NAMES):
+                found.append(where)
+            found.extend(_credential_keys(value, f"{where}."))
+    return found
+
+
+def refuse_credentials(data: Any, source: str) -> None:
+    """Fail, naming the keys (never the values), if a spec tries to carry credentials."""
+    keys = _credential_keys(data)
+    if keys:
+        raise SpecError(
+            f"{source}: {', '.join(keys)}: credentials never go in a job file (it is shipped, logged and kept "
+            "with the output). Use the standard AWS chain instead: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in "
+            "the environment, AWS_PROFILE, or an instance role on the cluster's nodes."
+        )
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -319,6 +396,7 @@ def parse_spec(data: Any, source: str = "job spec", overrides: list[str] | None 
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping of sections (input, task, ...), got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
+    refuse_credentials(data, source)
     try:
         return JobSpec.model_validate(data)
     except ValidationError as error:

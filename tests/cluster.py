@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,9 +62,25 @@ def start_head(num_cpus: int = 4, extra_env: dict[str, str] | None = None) -> Lo
     # A head in token mode refuses to start without a token; make one if this user has none yet.
     subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, timeout=60)
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    gcs_port, dashboard_port, client_port = free_port(), free_port(), free_port()
-    worker_low = 30000 + (gcs_port % 20) * 1000
+    # Every component on its own free port: several heads (other tests, other users) may run at once,
+    # and a clash on a default port (e.g. the dashboard agent's 52365) leaves the head unable to take jobs.
+    ports = {
+        name: free_port()
+        for name in (
+            "port",
+            "dashboard-port",
+            "ray-client-server-port",
+            "node-manager-port",
+            "object-manager-port",
+            "runtime-env-agent-port",
+            "dashboard-agent-grpc-port",
+            "dashboard-agent-listen-port",
+            "metrics-export-port",
+        )
+    }
     env = {**os.environ, "RAY_AUTH_MODE": "token", **(extra_env or {})}
+    # Jobs run `python ...` from the head's PATH: make it this interpreter's environment.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("RAY_ADDRESS", None)
     process = subprocess.Popen(
         [
@@ -73,12 +88,8 @@ def start_head(num_cpus: int = 4, extra_env: dict[str, str] | None = None) -> Lo
             "start",
             "--head",
             "--block",
-            f"--port={gcs_port}",
-            f"--dashboard-port={dashboard_port}",
             "--dashboard-host=127.0.0.1",
-            f"--ray-client-server-port={client_port}",
-            f"--min-worker-port={worker_low}",
-            f"--max-worker-port={worker_low + 999}",
+            *(f"--{name}={port}" for name, port in ports.items()),
             f"--num-cpus={num_cpus}",
             f"--temp-dir={temp_dir}",
             "--disable-usage-stats",
@@ -88,17 +99,43 @@ def start_head(num_cpus: int = 4, extra_env: dict[str, str] | None = None) -> Lo
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    head = LocalHead(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", temp_dir, process, env)
-    deadline = time.time() + 120
+    head = LocalHead(
+        f"127.0.0.1:{ports['port']}", f"http://127.0.0.1:{ports['dashboard-port']}", temp_dir, process, env
+    )
+    try:
+        _wait_for_job_agent(head, process)
+    except BaseException:
+        head.stop()
+        raise
+    return head
+
+
+def _wait_for_job_agent(head: LocalHead, process: subprocess.Popen, timeout_s: float = 180) -> None:
+    """The dashboard answers before the head's job agent is ready ("No available agent to submit
+    job"); a trivial job that runs to the end proves the head can take real submissions."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    headers = {"Authorization": f"Bearer {token}"}
+    deadline = time.time() + timeout_s
+    last = "nothing tried"
     while time.time() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"ray start exited with {process.returncode}")
         try:
-            with urllib.request.urlopen(f"{head.dashboard_url}/api/version", timeout=2):
-                return head
-        except OSError as error:
-            if getattr(error, "code", None) in (401, 403):  # up, and asking for the token
-                return head
-            time.sleep(1)
-    head.stop()
-    raise RuntimeError("the Ray head did not come up within 120 s")
+            client = JobSubmissionClient(head.dashboard_url, headers=headers)
+            job = client.submit_job(entrypoint="python -c pass")
+            while time.time() < deadline:
+                status = client.get_job_status(job)
+                if status == JobStatus.SUCCEEDED:
+                    return
+                if status in (JobStatus.FAILED, JobStatus.STOPPED):
+                    last = f"probe job {status}: {client.get_job_logs(job)[-500:]}"
+                    break
+                time.sleep(0.5)
+        except (OSError, RuntimeError, ConnectionError) as error:
+            if getattr(error, "code", None) not in (None, 401, 403, 500, 502, 503):
+                raise
+            last = f"{type(error).__name__}: {error}"
+        time.sleep(1)
+    raise RuntimeError(f"the Ray head did not accept jobs within {timeout_s:.0f} s (last: {last})")

@@ -29,6 +29,28 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fake_aws_environment() -> None:
+    """Fake AWS credentials and no shared AWS config for the whole session (set before any Ray
+    starts, so workers inherit them): tests can never reach a real account, and a developer's
+    own credentials never get near a test."""
+    from s3 import FAKE_AWS_ENV
+
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        os.environ.pop(name, None)
+    os.environ.update(FAKE_AWS_ENV)
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 API on 127.0.0.1 (moto server mode); tests make their own buckets."""
+    from s3 import start_s3
+
+    server = start_s3()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def ray_session(model_cache: Path):
     """A local Ray instance shared by the in-process job tests (started once: ~10 s)."""

@@ -114,7 +114,10 @@ def test_family_names_resolve():
     assert model_shape("OpenGVLab/InternVL3-8B-hf").name == "InternVL3-8B"
     assert model_shape("dummy:InternVL3-1B").name == "InternVL3-1B"
     assert model_shape("/models/internvl3-14b").name == "InternVL3-14B"
-    assert model_shape("InternVL3-78B").gpus > 1
+    from pipeline.planner import devices_per_replica
+
+    assert devices_per_replica(model_shape("InternVL3-78B"), "h100", None) > 1
+    assert devices_per_replica(model_shape("InternVL3-8B"), "h100", None) == 1
     assert model_shape("tiny-random").name == "tiny-random"
     assert model_shape("some/other-model") is None
 

@@ -10,6 +10,7 @@ to single rows before a row gets an `oom` error; a row the model fails on gets a
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -222,13 +223,56 @@ class Generator:
         return out
 
 
-class GenerateStage:
-    """Ray Data callable class for the model actor pool: one replica per actor."""
+# Internal columns (dropped by the writer) that carry each replica's peak GPU memory to
+# the driver's summary along with the rows; the peak is None off CUDA.
+REPLICA, GPU_PEAK_BYTES = "_replica", "_gpu_peak_bytes"
 
-    def __init__(self, spec: JobSpec) -> None:
+
+def replica_name() -> str:
+    """'host:gpu0' (or 'host:pid123' without a GPU): which replica answered, for the summary."""
+    import socket
+
+    import ray
+
+    gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU") or []
+    where = f"gpu{','.join(str(g) for g in gpus)}" if gpus else f"pid{os.getpid()}"
+    return f"{socket.gethostname()}:{where}"
+
+
+def with_replica_columns(batch: pa.Table, replica: str, peak_bytes: int | None) -> pa.Table:
+    """Tag every row of a batch with the replica and its current peak memory."""
+    batch = batch.append_column(REPLICA, pa.array([replica] * batch.num_rows, type=pa.string()))
+    return batch.append_column(GPU_PEAK_BYTES, pa.array([peak_bytes] * batch.num_rows, type=pa.int64()))
+
+
+class GenerateStage:
+    """Ray Data callable class for the model actor pool: one replica per actor.
+
+    Calls go through a `StageGuard` (see `pipeline.actors.guard`): a row that kills the
+    replica's process every time, or raises something unforeseen, becomes an error row.
+    """
+
+    def __init__(self, spec: JobSpec, ledger: Any | None = None) -> None:
+        from pipeline.actors.guard import StageGuard
         from pipeline.models.replica import load_replica
 
         self.generator = Generator(spec, load_replica(spec))
+        self.replica = replica_name()
+        self.guard = StageGuard("generate", self.generator, self.failed, ledger, spec.model.max_retries)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.generator(batch)
+        answered = self.guard(batch)
+        return with_replica_columns(answered, self.replica, self.generator.engine.peak_memory_bytes())
+
+    def failed(self, batch: pa.Table, kind: str, message: str) -> pa.Table:
+        """The stage's output for rows that get an error without reaching the model."""
+        rows = batch.num_rows
+        marked = batch.set_column(
+            batch.schema.get_field_index(ERROR_KIND), ERROR_KIND, pa.array([kind] * rows, type=pa.string())
+        )
+        marked = marked.set_column(
+            marked.schema.get_field_index(ERROR),
+            ERROR,
+            pa.array([error_text(kind, message)] * rows, type=pa.string()),
+        )
+        return self.generator(marked)  # rows with an error pass through without the model

@@ -174,10 +174,14 @@ class Preprocessor:
     def _local_video_path(self, uri: str) -> str:
         """The path decord should open for a local clip, after the checks a fetch would make."""
         path = uri[len("file://") :] if uri.startswith("file://") else uri
+        if "\x00" in path:
+            raise RowError("bad_row", f"the uri {uri!r} contains a NUL character")
         if not os.path.exists(path):
             raise RowError("missing", f"{uri} does not exist")
         if os.path.isdir(path):
             raise RowError("is_directory", f"{uri} is a directory, not a file")
+        if not os.path.isfile(path):  # a pipe or a device: decord would block on it
+            raise RowError("not_a_file", f"{uri} is not a regular file (a pipe, socket or device)")
         size = os.path.getsize(path)
         if size == 0:
             raise RowError("empty_file", f"{uri} is empty (0 bytes)")
@@ -384,21 +388,47 @@ def prepared_columns(prepared: list[PreparedRow], seconds: list[float]) -> dict[
 
 
 class PreprocessStage:
-    """Ray Data callable class for the CPU actor pool."""
+    """Ray Data callable class for the CPU actor pool.
+
+    Calls go through a `StageGuard` (see `pipeline.actors.guard`): a row that crashes the
+    worker every time, or raises something unforeseen, becomes an error row.
+    """
 
     REQUIRED_COLUMNS = (ID, URI)
 
-    def __init__(self, spec: JobSpec) -> None:
+    def __init__(self, spec: JobSpec, ledger: Any | None = None) -> None:
+        from pipeline.actors.guard import StageGuard, Watchdog, kill_this_worker
+
         self.preprocessor = Preprocessor(spec)
+        self.guard = StageGuard("preprocess", self.process, self.failed, ledger, spec.preprocess.max_retries)
+        limit = spec.preprocess.row_timeout_s
+        self.watchdog = Watchdog(limit, kill_this_worker(self.guard, limit, "preprocess.row_timeout_s"))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.guard(batch)
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        """Prepare every row of a batch."""
         require_columns("preprocess", batch, self.REQUIRED_COLUMNS)
         rows = batch.to_pylist()
         prepared, seconds = [], []
         for row in rows:
             started = time.perf_counter()
-            prepared.append(self.preprocessor.prepare(row))
+            self.watchdog.arm(str(row[ID]))
+            try:
+                prepared.append(self.preprocessor.prepare(row))
+            finally:
+                self.watchdog.disarm()
             seconds.append(time.perf_counter() - started)
+        return self._output(batch, prepared, seconds)
+
+    def failed(self, batch: pa.Table, kind: str, message: str) -> pa.Table:
+        """The stage's output for rows that get an error without being prepared."""
+        prepared = [PreparedRow(error_kind=kind, error=error_text(kind, message)) for _ in range(batch.num_rows)]
+        return self._output(batch, prepared, [0.0] * batch.num_rows)
+
+    @staticmethod
+    def _output(batch: pa.Table, prepared: list[PreparedRow], seconds: list[float]) -> pa.Table:
         # Inline bytes and the columns a prompt template named have served their purpose.
         keep = [
             name for name in batch.column_names if name != INLINE_BYTES and not name.startswith(TEMPLATE_COLUMN_PREFIX)

@@ -2,37 +2,66 @@
 
 It runs on workers, so the driver never holds manifest rows or done ids; each task holds
 one shard's ids at most. A shard found complete here (every row already written, e.g. a
-crash after the last write but before the marker) gets its marker and yields no rows.
+crash after the last write but before the marker) is sealed (verified, see
+`pipeline.resume.seal_shard`) and yields no rows.
+
+Filtering by written ids happens in every mode: after an `overwrite` wiped the output it
+costs one empty listing, and it makes a second pass over unfinished shards (see
+`pipeline.runner`) safe.
 """
 
 from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.readers.manifest import ID, SHARD, SHARD_TODO, Shard, read_shard
-from pipeline.resume import mark_shard_done, written_ids
+from pipeline.resume import seal_shard, written_ids
 from pipeline.spec import JobSpec
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+IO_ATTEMPTS = 4
+IO_BACKOFF_S = 1.0
+
+
+def with_retries(action: Callable[[], T], what: str) -> T:
+    """Run a storage action, retrying transient errors (throttling, resets) with backoff."""
+    for attempt in range(IO_ATTEMPTS):
+        try:
+            return action()
+        except OSError as error:
+            if isinstance(error, (FileNotFoundError, PermissionError)) or attempt == IO_ATTEMPTS - 1:
+                raise
+            wait = IO_BACKOFF_S * 2**attempt
+            logger.warning("%s failed (%s); retrying in %.0f s", what, error, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 class ReadShards:
     """Ray Data callable: a batch of shard descriptors in, their pending manifest rows out."""
 
-    def __init__(self, spec: JobSpec, columns: dict[str, str], passthrough: list[str], resume: bool) -> None:
+    def __init__(self, spec: JobSpec, columns: dict[str, str], passthrough: list[str]) -> None:
         self.spec = spec
         self.columns = columns
         self.passthrough = passthrough
-        self.resume = resume
 
     def read(self, shard: Shard) -> pa.Table:
         """The rows of one shard that have no output yet, tagged with the shard and its pending count."""
-        table = read_shard(shard, self.columns, self.passthrough, self.spec.storage)
-        if self.resume:
-            done = written_ids(self.spec.output.path, shard.key, self.spec.storage)
-            if len(done):
-                table = table.filter(pc.invert(pc.is_in(table.column(ID), value_set=done)))
+        output, storage = self.spec.output.path, self.spec.storage
+        table = with_retries(lambda: read_shard(shard, self.columns, self.passthrough, storage), f"reading {shard.key}")
+        expected = table.column(ID).combine_chunks()
+        done = with_retries(lambda: written_ids(output, shard.key, storage), f"listing {shard.key}")
+        if len(done):
+            table = table.filter(pc.invert(pc.is_in(expected, value_set=done)))
         if table.num_rows == 0:
-            mark_shard_done(self.spec.output.path, shard.key, self.spec.storage)
+            with_retries(lambda: seal_shard(output, shard, expected, storage), f"sealing {shard.key}")
         table = table.append_column(SHARD, pa.array([shard.key] * table.num_rows, type=pa.string()))
         return table.append_column(SHARD_TODO, pa.array([table.num_rows] * table.num_rows, type=pa.int64()))
 
@@ -45,8 +74,6 @@ class ReadShards:
         return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
-def read_shards(
-    batch: dict, *, spec: JobSpec, columns: dict[str, str], passthrough: list[str], resume: bool
-) -> pa.Table:
+def read_shards(batch: dict, *, spec: JobSpec, columns: dict[str, str], passthrough: list[str]) -> pa.Table:
     """Task-pool entry point (Ray Data schedules only functions on task pools)."""
-    return ReadShards(spec, columns, passthrough, resume)(batch)
+    return ReadShards(spec, columns, passthrough)(batch)

@@ -3,6 +3,8 @@
 Both are plain tasks (Ray Data fuses them). The write stage groups a batch's rows by
 shard, writes one file per group (see `pipeline.writers.parquet`), and returns one small
 statistics row per file: the driver consumes only these, never the results themselves.
+Each statistics row names its file, so the driver counts a file once even if a retried
+task reports it twice (the retry rewrote the same name with the same rows).
 """
 
 from __future__ import annotations
@@ -14,18 +16,20 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.actors.generate import GENERATE_S, OUTPUT_TOKENS, PROMPT_TOKENS
+from pipeline.actors.generate import GENERATE_S, GPU_PEAK_BYTES, OUTPUT_TOKENS, PROMPT_TOKENS, REPLICA
 from pipeline.actors.preprocess import ERROR_KIND, MEDIA_TYPE, NUM_TILES, PREPROCESS_S, QUERY
 from pipeline.readers.manifest import ID, PASSTHROUGH_PREFIX, SHARD, SHARD_TODO
 from pipeline.spec import JobSpec
-from pipeline.writers.parquet import ParquetWriter, part_uri
+from pipeline.storage import join_uri
+from pipeline.writers.parquet import ParquetWriter, part_name
 
 COMPLETED_AT = "completed_at"
-INTERNAL_COLUMNS = (SHARD, SHARD_TODO, QUERY)
+INTERNAL_COLUMNS = (SHARD, SHARD_TODO, QUERY, REPLICA, GPU_PEAK_BYTES)
 
 STATS_SCHEMA = pa.schema(
     [
         ("shard", pa.string()),
+        ("file", pa.string()),
         ("shard_todo", pa.int64()),
         ("rows", pa.int64()),
         ("errors", pa.int64()),
@@ -36,7 +40,9 @@ STATS_SCHEMA = pa.schema(
         ("tiles", pa.int64()),
         ("preprocess_s", pa.float64()),
         ("generate_s", pa.float64()),
+        ("write_s", pa.float64()),
         ("written_at", pa.float64()),
+        ("gpu_peak_bytes", pa.string()),  # JSON {replica: bytes}; "{}" off CUDA
     ]
 )
 
@@ -65,6 +71,17 @@ def output_table(batch: pa.Table, written_at: float) -> pa.Table:
     return table.append_column(COMPLETED_AT, stamp)
 
 
+def gpu_peaks(table: pa.Table) -> dict[str, int]:
+    """The highest peak GPU memory each replica reported in these rows (none off CUDA)."""
+    if REPLICA not in table.column_names or GPU_PEAK_BYTES not in table.column_names:
+        return {}
+    peaks: dict[str, int] = {}
+    for replica, peak in zip(table.column(REPLICA).to_pylist(), table.column(GPU_PEAK_BYTES).to_pylist(), strict=True):
+        if replica is not None and peak is not None:
+            peaks[replica] = max(peaks.get(replica, 0), peak)
+    return peaks
+
+
 def _sum(table: pa.Table, column: str) -> float:
     value = pc.sum(table.column(column)).as_py() if column in table.column_names else None
     return value or 0
@@ -84,13 +101,16 @@ class WriteStage:
         for shard in pc.unique(shards).to_pylist():
             group = batch.filter(pc.equal(shards, shard))
             table = output_table(group, now)
-            ids = table.column(ID).to_pylist()
-            self.writer.write_table(table, part_uri(self.spec.output.path, shard, ids))
+            name = part_name(table.column(ID).to_pylist())
+            started = time.perf_counter()
+            self.writer.write_table(table, join_uri(self.spec.output.path, shard, name))
+            write_s = time.perf_counter() - started
             kinds = Counter(k for k in group.column(ERROR_KIND).to_pylist() if k)
             media = Counter(m or "unknown" for m in group.column(MEDIA_TYPE).to_pylist())
             stats.append(
                 {
                     "shard": shard,
+                    "file": name,
                     "shard_todo": group.column(SHARD_TODO)[0].as_py(),
                     "rows": group.num_rows,
                     "errors": sum(kinds.values()),
@@ -101,7 +121,9 @@ class WriteStage:
                     "tiles": int(_sum(group, NUM_TILES)),
                     "preprocess_s": float(_sum(group, PREPROCESS_S)),
                     "generate_s": float(_sum(group, GENERATE_S)),
+                    "write_s": write_s,
                     "written_at": time.time(),
+                    "gpu_peak_bytes": json.dumps(gpu_peaks(group)),
                 }
             )
         return pa.Table.from_pylist(stats, schema=STATS_SCHEMA)

@@ -73,5 +73,9 @@ class Engine(ABC):
     def generate(self, batch: list[EncodedRequest], options: GenerationOptions) -> list[GenerationResult]:
         """Answer a batch; raise OutOfMemory if it does not fit."""
 
+    def peak_memory_bytes(self) -> int | None:
+        """Most accelerator memory this replica has held (for the run summary); None off CUDA."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release the replica's resources (default: nothing to do)."""

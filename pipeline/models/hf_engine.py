@@ -134,6 +134,12 @@ class HFEngine(Engine):
             text=text, prompt_tokens=request.num_tokens, output_tokens=count, finish_reason=reason, token_ids=answer
         )
 
+    def peak_memory_bytes(self) -> int | None:
+        """torch's high-water mark of allocated memory on this replica's GPU; None on CPU."""
+        if self.device.type != "cuda":
+            return None
+        return int(self._torch.cuda.max_memory_allocated(self.device))
+
     def close(self) -> None:
         """Drop the model so its memory can be reclaimed."""
         self.model = None

@@ -4,9 +4,15 @@ attention, load with transformers' native InternVL class (never remote code by d
 Sources, by the form of `model.name`:
 - `tiny-random`: built locally on first use (see `pipeline.models.tiny_random`);
 - `none`: no model (an engine that answers nothing; benchmarks the pipeline itself);
+- `dummy:InternVL3-<size>`: a family member's architecture with random weights, built on
+  the target device (see `pipeline.models.dummy`);
 - a local directory: loaded as is;
 - `s3://...`: downloaded once per node into the cache (see `pipeline.models.s3_checkpoint`);
 - anything else: a hub id, loaded through the transformers hub client.
+
+Original-format checkpoints (config `model_type: internvl_chat`, e.g. OpenGVLab/InternVL3-8B)
+run code from their repository: they are refused, naming the -hf equivalent, unless
+`model.trust_remote_code` is true (see `pipeline.models.original_format`).
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ def choose_runtime(spec: ModelSpec, has_cuda: bool) -> RuntimeChoice:
     dtype = spec.dtype if spec.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
     if device == "cpu" and dtype == "float16":
         raise JobError("model.dtype: float16 is not supported on CPU; use float32 or bfloat16")
+    if device == "cpu" and spec.quantization:
+        raise JobError(quantization_needs_cuda(spec.quantization))
     attn = spec.attn_implementation
     if attn == "auto":
         attn = "flash_attention_2" if device == "cuda" and importlib.util.find_spec("flash_attn") else "sdpa"
@@ -63,6 +71,72 @@ def choose_runtime(spec: ModelSpec, has_cuda: bool) -> RuntimeChoice:
             "(pip install '.[gpu]'); use auto or sdpa"
         )
     return RuntimeChoice(device=device, dtype=dtype, attn_implementation=attn)
+
+
+def quantization_needs_cuda(quantization: str) -> str:
+    """Why a quantised model cannot run on CPU, and what to do instead."""
+    kernels = "bitsandbytes' 8-bit kernels" if quantization == "int8" else "FP8 matmuls (compute capability 8.9+)"
+    return (
+        f"model.quantization: {quantization} needs NVIDIA GPUs ({kernels}); this replica would run on CPU. "
+        "Remove model.quantization for CPU runs, or run on GPU nodes with model.device: cuda"
+    )
+
+
+def runtime_for(spec: ModelSpec) -> RuntimeChoice:
+    """The runtime of this process, with the checks that need its GPU (quantisation support)."""
+    import torch
+
+    runtime = choose_runtime(spec, torch.cuda.is_available())
+    if spec.quantization == "int8" and not importlib.util.find_spec("bitsandbytes"):
+        raise JobError(
+            "model.quantization: int8 needs the bitsandbytes package on the GPU nodes: pip install '.[quant]'"
+        )
+    if spec.quantization == "fp8" and torch.cuda.get_device_capability() < (8, 9):
+        major, minor = torch.cuda.get_device_capability()
+        raise JobError(
+            f"model.quantization: fp8 needs a GPU of compute capability 8.9 or newer (Ada, Hopper); this one is "
+            f"{major}.{minor}. Use model.quantization: int8 or bfloat16 weights"
+        )
+    return runtime
+
+
+def quantization_config(quantization: str | None) -> Any:
+    """transformers' quantisation config for model.quantization (None for full precision)."""
+    if quantization == "int8":
+        from transformers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantization == "fp8":
+        from transformers import FineGrainedFP8Config
+
+        return FineGrainedFP8Config()
+    return None
+
+
+def load_kwargs(spec: ModelSpec, runtime: RuntimeChoice, tensor_parallel: int = 1) -> dict[str, Any]:
+    """`from_pretrained` arguments for the runtime: dtype, attention, placement, quantisation.
+
+    Placement is one of: the whole model on this process's device; `device_map: auto`
+    (accelerate spreads the layers over the GPUs this actor sees); or, for a rank of a
+    tensor-parallel gang, transformers' tensor-parallel plan over the process group the
+    gang set up (each rank loads only its shard).
+    """
+    import torch
+
+    kwargs: dict[str, Any] = {
+        "dtype": getattr(torch, runtime.dtype),
+        "attn_implementation": runtime.attn_implementation,
+    }
+    if tensor_parallel > 1:
+        from transformers.distributed import DistributedConfig
+
+        kwargs["distributed_config"] = DistributedConfig(tp_size=tensor_parallel)
+    else:
+        kwargs["device_map"] = "auto" if spec.device_map == "auto" else runtime.device
+    quantization = quantization_config(spec.quantization)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    return kwargs
 
 
 def is_original_format(checkpoint: Path) -> bool:
@@ -98,8 +172,9 @@ def resolve_checkpoint(spec: ModelSpec, storage: StorageSpec | None) -> str:
     return name
 
 
-def load_engine(spec: ModelSpec, storage: StorageSpec | None = None) -> Engine:
-    """Load the replica `model.*` describes in this process."""
+def load_engine(spec: ModelSpec, storage: StorageSpec | None = None, tensor_parallel: int = 1) -> Engine:
+    """Load the replica `model.*` describes in this process (or, with tensor_parallel > 1, this
+    process's rank of it: the gang has set up torch.distributed already)."""
     if spec.name == NO_MODEL:
         from pipeline.models.no_model import NoModelEngine
 
@@ -107,32 +182,37 @@ def load_engine(spec: ModelSpec, storage: StorageSpec | None = None) -> Engine:
     if spec.name.startswith(DUMMY_PREFIX):
         from pipeline.models.dummy import load_dummy_engine
 
-        return load_dummy_engine(spec)
-    import torch
+        return load_dummy_engine(spec, tensor_parallel)
     from transformers import AutoTokenizer, InternVLForConditionalGeneration
 
+    from pipeline.models.family import original_format_hint
     from pipeline.models.hf_engine import HFEngine
 
-    runtime = choose_runtime(spec, torch.cuda.is_available())
+    runtime = runtime_for(spec)
+    hint = original_format_hint(spec.name)
+    if hint and not spec.trust_remote_code:
+        raise JobError(hint)
     checkpoint = resolve_checkpoint(spec, storage)
-    if Path(checkpoint).is_dir() and is_original_format(Path(checkpoint)) and not spec.trust_remote_code:
+    original = hint is not None or (Path(checkpoint).is_dir() and is_original_format(Path(checkpoint)))
+    if original and not spec.trust_remote_code:
         raise JobError(
             f"model.name: {spec.name} is an original-format InternVL checkpoint, which runs code from the model "
             "repository. Use the -hf checkpoint instead (e.g. OpenGVLab/InternVL3-8B-hf), or set "
             "model.trust_remote_code: true if you trust it"
         )
-    kwargs: dict[str, Any] = {
-        "dtype": getattr(torch, runtime.dtype),
-        "attn_implementation": runtime.attn_implementation,
-        "revision": spec.revision,
-        "trust_remote_code": spec.trust_remote_code,
-    }
-    kwargs["device_map"] = "auto" if spec.device_map == "auto" else runtime.device
+    kwargs = load_kwargs(spec, runtime, tensor_parallel)
+    model: Any
+    kwargs.update(revision=spec.revision, trust_remote_code=spec.trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            checkpoint, revision=spec.revision, trust_remote_code=spec.trust_remote_code
-        )
-        model = InternVLForConditionalGeneration.from_pretrained(checkpoint, **kwargs)
+        if original:
+            from pipeline.models.original_format import load_original_format
+
+            model, tokenizer = load_original_format(checkpoint, kwargs)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(
+                checkpoint, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+            )
+            model = InternVLForConditionalGeneration.from_pretrained(checkpoint, **kwargs)
     except OSError as error:
         raise JobError(
             f"model.name: cannot load {spec.name!r}: {str(error).splitlines()[0]}. A hub id needs network access "

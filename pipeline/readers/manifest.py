@@ -13,7 +13,7 @@ from __future__ import annotations
 import glob as globlib
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import JobError
 from pipeline.readers.duplicates import DuplicateFinder
 from pipeline.spec import InputSpec, StorageSpec
-from pipeline.storage import StorageError, filesystem_for, is_remote, uri_scheme
+from pipeline.storage import StorageError, describe, filesystem_for, is_remote, storage_exceptions, uri_scheme
 
 MAX_NAMED = 10
 
@@ -94,8 +94,8 @@ def discover_files(manifest: str, storage: StorageSpec | None = None) -> list[st
             found = [path]
         else:
             raise JobError(f"input.manifest: {manifest} does not exist")
-    except (OSError, ValueError) as error:
-        raise JobError(f"input.manifest: cannot list {manifest}: {error}") from None
+    except storage_exceptions(ValueError) as error:
+        raise JobError(f"input.manifest: cannot list {manifest}: {describe(error, manifest, storage)}") from None
     if not found:
         raise JobError(f"input.manifest: no Parquet files found at {manifest}")
     return [_with_scheme(manifest, p) for p in found]
@@ -106,8 +106,10 @@ def open_parquet(uri: str, storage: StorageSpec | None = None) -> pq.ParquetFile
     fs, path = filesystem_for(uri, storage)
     try:
         return pq.ParquetFile(fs.open(path, "rb"))
-    except (pa.ArrowInvalid, OSError) as error:
+    except pa.ArrowInvalid as error:
         raise JobError(f"input.manifest: {uri} is not a readable Parquet file ({error})") from None
+    except storage_exceptions() as error:
+        raise JobError(f"input.manifest: cannot read {uri}: {describe(error, uri, storage)}") from None
 
 
 def resolve_columns(spec: InputSpec, schema: pa.Schema, source: str) -> tuple[dict[str, str], list[str]]:
@@ -168,13 +170,21 @@ def shard_key(file_uri: str, row_group: int, part: int) -> str:
     return f"shard-{digest}-g{row_group:05d}-p{part:04d}"
 
 
-def plan_manifest(spec: InputSpec, storage: StorageSpec | None = None) -> ManifestPlan:
-    """Discover files, check the schema contract and cut the manifest into shards."""
-    files = discover_files(spec.manifest, storage)
+def plan_manifest(
+    spec: InputSpec,
+    storage: StorageSpec | None = None,
+    files: list[str] | None = None,
+    opener: Callable[[str], pq.ParquetFile] | None = None,
+) -> ManifestPlan:
+    """Discover files (unless given), check the schema contract and cut the manifest into shards.
+
+    `opener` reads a file's footer from elsewhere than storage (a listing planned in memory
+    before it is stored; see `pipeline.readers.listing`)."""
+    files = files if files is not None else discover_files(spec.manifest, storage)
     plan: ManifestPlan | None = None
     remaining = spec.limit
     for uri in files:
-        parquet = open_parquet(uri, storage)
+        parquet = opener(uri) if opener is not None else open_parquet(uri, storage)
         columns, passthrough = resolve_columns(spec, parquet.schema_arrow, uri)
         if plan is None:
             plan = ManifestPlan(files=[], file_sizes={}, columns=columns, passthrough=passthrough)

@@ -1,0 +1,1 @@
+"""Generators of test inputs (no binary fixtures: every case is visible in code)."""
