@@ -96,7 +96,7 @@ def check_exact(image: CorpusImage, ours: dict, pixel_values: Any) -> tuple[bool
     import torch
 
     from benchmarks.reference import reference_tiles
-    from pipeline.models.hf_engine import normalise_tiles
+    from pipeline.models.normalise import normalise_tiles
 
     tiles = _tiles(ours)
     same_tiles = np.array_equal(tiles, reference_tiles(image.path, MAX_TILES))

@@ -15,7 +15,7 @@ from media import write_image
 from benchmarks.pipeline import completion_points, steady_rate
 from benchmarks.reference import load_image, reference_tiles
 from pipeline.actors.preprocess import Preprocessor
-from pipeline.models.hf_engine import normalise_tiles
+from pipeline.models.normalise import normalise_tiles
 from pipeline.prompts.tasks import resolve_spec
 
 

@@ -8,37 +8,17 @@ decoded without special tokens and stripped - as the reference does.
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any
 
 import numpy as np
 
 from pipeline.models.engine import EncodedRequest, Engine, GenerationOptions, GenerationResult, OutOfMemory
+from pipeline.models.normalise import normalise_tiles
 from pipeline.prompts.template import STOP_TOKEN
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Test hook (not a mock): raise a real OutOfMemory for batches of more rows than this, so
 # the stage's back-off can be exercised on a CPU.
 FAULT_OOM_ENV = "PIPELINE_FAULT_OOM_ABOVE_ROWS"
-
-
-def normalise_tiles(tiles: np.ndarray, device: Any, dtype: Any):  # -> torch.Tensor
-    """uint8 NHWC tiles -> normalised NCHW pixel values on the device, as the reference computes them.
-
-    The reference does ToTensor (float32 / 255) then Normalize (float32) then casts to the
-    model dtype; we do the same operations in the same order, on the device.
-    """
-    import torch
-
-    with warnings.catch_warnings():
-        # Tiles arrive as read-only views of Arrow buffers; they are only read, never written.
-        warnings.simplefilter("ignore", UserWarning)
-        pixels = torch.from_numpy(np.ascontiguousarray(tiles)).to(device, non_blocking=True)
-    pixels = pixels.permute(0, 3, 1, 2).to(torch.float32).div(255)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    return pixels.sub(mean).div(std).to(dtype)
 
 
 class HFEngine(Engine):
