@@ -48,7 +48,21 @@ def test_unknown_spec_key(tmp_path: Path, manifest: Path):
     )
     assert message(job) == (
         f"{job}: the job spec is invalid:\n"
-        "  model.batchsize: unknown key (check the spelling; `python -m pipeline spec` lists every key)"
+        "  model.batchsize: unknown key; did you mean `model.batch_size`? (`python -m pipeline spec` lists every key)"
+    )
+
+
+def test_unknown_spec_keys_misplaced_or_unlike_any(tmp_path: Path, manifest: Path):
+    job = write_job(
+        tmp_path,
+        "misplaced.yaml",
+        f"input:\n  manifest: {manifest}\nmodel:\n  num_frames: 16\n  xyz: 1\noutput:\n  path: out\n",
+    )
+    assert message(job) == (
+        f"{job}: the job spec is invalid:\n"
+        "  model.num_frames: unknown key; did you mean `preprocess.num_frames`? (`python -m pipeline spec` lists "
+        "every key)\n"
+        "  model.xyz: unknown key (check the spelling; `python -m pipeline spec` lists every key)"
     )
 
 
