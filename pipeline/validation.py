@@ -24,8 +24,8 @@ def check_task_columns(spec: JobSpec, plan: ManifestPlan) -> None:
     if missing:
         raise JobError(
             f"task.prompt names column(s) {', '.join('{' + m + '}' for m in missing)} that the manifest "
-            f"{plan.files[0]} does not have; its columns are: {', '.join(names)}. Fix the template or the "
-            "manifest (write a literal brace as {{ or }})"
+            f"{plan.files[0]} does not have; its columns are: {', '.join(names)}. Add the column(s) to the "
+            "manifest or fix the names in task.prompt (write a literal brace as {{ or }})"
         )
     for name in fields:
         plan.columns[TEMPLATE_COLUMN_PREFIX + name] = name

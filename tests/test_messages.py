@@ -84,7 +84,20 @@ def test_duplicate_ids(tmp_path: Path):
     job = write_job(tmp_path, "job.yaml", f"input:\n  manifest: {manifest}\noutput:\n  path: out\n")
     assert message(job) == (
         "input.manifest: column 'id' (input.id_column) has 2 duplicated id value(s), e.g. 'a', 'b'. "
-        "Every id must be unique: the output has one row per id."
+        "Every id must be unique (the output has one row per id): deduplicate the manifest, or set input.id_column "
+        "to a column whose values are unique."
+    )
+
+
+def test_null_ids(tmp_path: Path):
+    manifest = tmp_path / "nulls.parquet"
+    pq.write_table(pa.table({"id": ["a", None, ""], "uri": ["1.jpg", "2.jpg", "3.jpg"]}), manifest)
+    job = write_job(tmp_path, "job.yaml", f"input:\n  manifest: {manifest}\noutput:\n  path: out\n")
+    assert message(job) == (
+        "input.manifest: column 'id' (input.id_column) has 2 null or empty id(s): "
+        f"row 1 of row group 0 in {manifest}; row 2 of row group 0 in {manifest}. Every row needs a unique, "
+        "non-empty id: fill in those ids or drop those rows in the manifest, or set input.id_column to a column "
+        "without gaps."
     )
 
 
@@ -97,7 +110,8 @@ def test_custom_template_names_a_missing_column(tmp_path: Path, manifest: Path):
     )
     assert message(job) == (
         f"task.prompt names column(s) {{subject}}, {{style}} that the manifest {manifest} does not have; "
-        "its columns are: id, uri. Fix the template or the manifest (write a literal brace as {{ or }})"
+        "its columns are: id, uri. Add the column(s) to the manifest or fix the names in task.prompt (write a literal "
+        "brace as {{ or }})"
     )
 
 

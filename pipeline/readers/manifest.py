@@ -289,7 +289,8 @@ def check_ids(plan: ManifestPlan, storage: StorageSpec | None, check_duplicates:
         raise JobError(
             f"input.manifest: column {id_column!r} (input.id_column) has {null_count} null or empty id(s): "
             + "; ".join(null_rows)
-            + ". Every row needs a unique, non-empty id."
+            + ". Every row needs a unique, non-empty id: fill in those ids or drop those rows in the manifest, "
+            "or set input.id_column to a column without gaps."
         )
     if finder is None:
         return
@@ -298,5 +299,6 @@ def check_ids(plan: ManifestPlan, storage: StorageSpec | None, check_duplicates:
         named = ", ".join(repr(d) for d in duplicates)
         raise JobError(
             f"input.manifest: column {id_column!r} (input.id_column) has {total} duplicated id value(s), e.g. "
-            f"{named}. Every id must be unique: the output has one row per id."
+            f"{named}. Every id must be unique (the output has one row per id): deduplicate the manifest, or set "
+            "input.id_column to a column whose values are unique."
         )
