@@ -88,7 +88,10 @@ def connect_ray(spec: JobSpec) -> str:
         try:
             ray.init(address=address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as error:
-            raise JobError(f"ray.address: cannot join the Ray cluster at {address}: {error}") from None
+            raise JobError(
+                f"ray.address: cannot join the Ray cluster at {address}: {error}. Check that the cluster is up "
+                "(`ray status` on its head) and the address, or set ray.address: local to start one here"
+            ) from None
         return f"the Ray cluster at {address}"
     if address is None:
         try:

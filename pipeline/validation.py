@@ -80,7 +80,8 @@ def check_dummy_settings(model: ModelSpec) -> None:
         dummy_member(model.name)
     elif model.dummy_layers is not None:
         raise JobError(
-            f"model.dummy_layers is set but model.name is {model.name!r}; it only applies to dummy:InternVL3-<size>"
+            f"model.dummy_layers is set but model.name is {model.name!r}; it only applies to dummy:InternVL3-<size>: "
+            "remove model.dummy_layers"
         )
 
 
