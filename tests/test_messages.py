@@ -132,6 +132,31 @@ def test_resume_with_a_changed_model(tmp_path: Path, manifest: Path):
     )
 
 
+class ActorStartFailed(RuntimeError):
+    """Stands in for Ray's error when an actor's constructor raised (no cluster needed)."""
+
+    actor_init_failed = True
+
+
+def test_actors_that_cannot_start_say_what_to_do():
+    from pipeline.runner import explain_failure
+
+    cause = RuntimeError("size mismatch for <torch.nn.Linear object at 0x7f00aa> weight")
+    wrapped = ActorStartFailed("MapBatches(GenerateStage) died")
+    wrapped.__cause__ = cause
+    assert str(explain_failure(wrapped, 0)) == (
+        "the pipeline's actors (GenerateStage) could not start: RuntimeError: size mismatch for weight. Nothing "
+        "was written; fix the cause (the actor's log under the Ray session's logs folder has the full traceback) "
+        "and re-run"
+    )
+    ours = ActorStartFailed("MapBatches(GenerateStage) died")
+    ours.__cause__ = JobError("model.dtype: float16 is not supported on CPU; use float32 or bfloat16")
+    assert str(explain_failure(ours, 0)) == (
+        "the pipeline's actors (GenerateStage) could not start: model.dtype: float16 is not supported on CPU; use "
+        "float32 or bfloat16"
+    )
+
+
 def test_cli_prints_one_line_and_exits_2(tmp_path: Path):
     manifest = tmp_path / "paths.parquet"
     pq.write_table(pa.table({"id": ["a"], "path": ["a.jpg"]}), manifest)
