@@ -191,7 +191,10 @@ def manifest(source: str, output: str, endpoint_url: str | None, region: str | N
     storage = StorageSpec(endpoint_url=endpoint_url, region=region)
     media = list_media(source, storage)
     if not media:
-        raise JobError(f"no images or videos found at {source} (looked for image and video file extensions)")
+        raise JobError(
+            f"no images or videos found at {source} (looked for image and video file extensions); check the "
+            "folder, prefix or glob"
+        )
     rows = write_listing(media, output, storage, rows_per_group)
     kinds = Counter(item.media_type for item in media)
     click.echo(f"wrote {rows} rows ({kinds['image']} images, {kinds['video']} videos) to {output}")

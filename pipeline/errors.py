@@ -8,9 +8,15 @@ run before any model loads.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pipeline.storage import redact
+
+# Python object reprs such as `<_io.BytesIO object at 0x7f...>`, which some libraries put in
+# their messages (Pillow's "cannot identify image file <_io.BytesIO object at 0x...>"). They
+# mean nothing to a reader of the output and differ on every run, so they never reach a row.
+_OBJECT_REPR = re.compile(r"\s*<[^<>\s]+ object at 0x[0-9a-fA-F]+>")
 
 
 class JobError(RuntimeError):
@@ -31,7 +37,7 @@ class RowError(Exception):
     message: str
 
     def __str__(self) -> str:
-        return f"{self.kind}: {redact(self.message)}"
+        return error_text(self.kind, self.message)
 
 
 # The kinds a row error can have, with what each means; the README's table is built from it.
@@ -61,6 +67,18 @@ ERROR_KINDS: dict[str, str] = {
 }
 
 
+def clean_message(text: str) -> str:
+    """A message fit for the output: credentials and Python object reprs removed."""
+    return _OBJECT_REPR.sub("", redact(text))
+
+
+def describe_exception(error: BaseException) -> str:
+    """'TypeName: message' for an exception raised by a library on untrusted input, cleaned
+    (see `clean_message`) so that the row's error says what failed and nothing run-specific."""
+    text = clean_message(str(error)).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def error_text(kind: str, message: str) -> str:
-    """The `error` column's value: 'kind: message', with credentials removed."""
-    return f"{kind}: {redact(message)}"
+    """The `error` column's value: 'kind: message', with credentials and object reprs removed."""
+    return f"{kind}: {clean_message(message)}"

@@ -67,6 +67,9 @@ def fingerprint(spec: JobSpec) -> dict[str, Any]:
         "model.revision": spec.model.revision,
         "model.dtype": spec.model.dtype,
         "model.quantization": spec.model.quantization,
+        # A dummy model's depth is part of the model: another depth gives other answers. (Null
+        # for every other model, so fingerprints written before this key still match them.)
+        "model.dummy_layers": spec.model.dummy_layers,
         "task.kind": task.kind,
         "task.prompt": task.prompt,
         "task.caption_style": task.caption_style,

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import JobError, RunFailed
+from pipeline.errors import JobError, RunFailed, clean_message
 from pipeline.progress import ProgressReporter, RunTracker, bar_safe, print_summary
 from pipeline.prompts.tasks import resolve_spec
 from pipeline.readers.manifest import ManifestPlan, Shard, check_ids
@@ -88,7 +88,10 @@ def connect_ray(spec: JobSpec) -> str:
         try:
             ray.init(address=address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as error:
-            raise JobError(f"ray.address: cannot join the Ray cluster at {address}: {error}") from None
+            raise JobError(
+                f"ray.address: cannot join the Ray cluster at {address}: {error}. Check that the cluster is up "
+                "(`ray status` on its head) and the address, or set ray.address: local to start one here"
+            ) from None
         return f"the Ray cluster at {address}"
     if address is None:
         try:
@@ -170,11 +173,19 @@ def root_cause(error: BaseException) -> tuple[str, str]:
 def explain_failure(error: BaseException, rows_written: int) -> JobError:
     """One clear message for a run that failed inside Ray (instead of a page of Ray traceback)."""
     kind, message = root_cause(error)
-    text = f"{kind}: {message}" if kind not in ("JobError", "SpecError") else message
+    ours = kind in ("JobError", "SpecError")  # our own messages already name the field and the fix
+    text = clean_message(message if ours else f"{kind}: {message}")
     stage = re.search(r"MapBatches\((\w+)\)", str(error))
     if getattr(error, "actor_init_failed", False) or "creation task" in str(error):
         where = f" ({stage.group(1)})" if stage else ""
-        return JobError(f"the pipeline's actors{where} could not start: {text}")
+        kept = "Nothing was written" if not rows_written else f"The {rows_written} row(s) written so far are kept"
+        advice = (
+            ""
+            if ours
+            else f". {kept}; fix the cause (the actor's log under the Ray session's logs folder has the full "
+            "traceback) and re-run"
+        )
+        return JobError(f"the pipeline's actors{where} could not start: {text}{advice}")
     return RunFailed(
         f"the run failed: {text}. The {rows_written} row(s) written so far are kept; re-run the same command to "
         "resume (the worker logs under the Ray session's logs folder have the full traceback)"

@@ -10,6 +10,8 @@ came from the preset.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -375,13 +377,53 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _spec_keys(model: type[BaseModel] = JobSpec, prefix: str = "") -> list[str]:
+    """Every dotted key of the spec (sections and their fields), in declaration order."""
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            keys.extend(_spec_keys(field.annotation, f"{prefix}{name}."))
+    return keys
+
+
+def suggest_key(loc: Sequence[int | str]) -> str | None:
+    """The valid key an unknown one most likely meant, or None when nothing is close.
+
+    A key that exists under another section was misplaced (`model.num_frames` is
+    `preprocess.num_frames`). Otherwise the closest spelling wins (difflib's ratio, as a
+    reader would judge a typo), a key of the same section needing a looser match than one
+    elsewhere, which must also be a typo and a wrong section at once.
+    """
+    parts = [str(p) for p in loc]
+    section, name = ".".join(parts[:-1]), parts[-1]
+    keys = _spec_keys()
+    misplaced = [key for key in keys if key.rsplit(".", 1)[-1] == name]
+    if misplaced:
+        return misplaced[0]
+    best, best_score = None, 0.0
+    for key in keys:
+        home, _, field = key.rpartition(".")
+        ratio = difflib.SequenceMatcher(None, name, field).ratio()
+        cutoff, score = (0.6, ratio + 0.05) if home == section else (0.75, ratio)
+        if ratio >= cutoff and score > best_score:
+            best, best_score = key, score
+    return best
+
+
 def _format_validation_error(error: ValidationError, source: str) -> str:
     lines = [f"{source}: the job spec is invalid:"]
     for problem in error.errors():
         where = ".".join(str(p) for p in problem["loc"]) or "(top level)"
         kind = problem["type"]
         if kind == "extra_forbidden":
-            lines.append(f"  {where}: unknown key (check the spelling; `python -m pipeline spec` lists every key)")
+            suggestion = suggest_key(problem["loc"])
+            if suggestion:
+                lines.append(
+                    f"  {where}: unknown key; did you mean `{suggestion}`? (`python -m pipeline spec` lists every key)"
+                )
+            else:
+                lines.append(f"  {where}: unknown key (check the spelling; `python -m pipeline spec` lists every key)")
         elif kind == "missing":
             lines.append(f"  {where}: required, but missing")
         else:

@@ -318,7 +318,7 @@ def _head_bucket(uri: str, storage: StorageSpec | None) -> None:
     fs, _ = filesystem_for(uri, storage)
     bucket = bucket_of(uri)
     if not bucket:
-        raise StorageError(f"{uri} names no bucket")
+        raise StorageError(f"{uri} names no bucket; write s3://BUCKET/PATH")
     fs.info(bucket)
 
 
@@ -348,7 +348,8 @@ def probe(uri: str, storage: StorageSpec | None = None) -> None:
         _head_bucket(uri, storage)
     except FileNotFoundError:
         raise StorageError(
-            f"the bucket {bucket_of(uri)!r} of {uri} does not exist at {s3_settings(storage).where}"
+            f"the bucket {bucket_of(uri)!r} of {uri} does not exist at {s3_settings(storage).where}; check the "
+            "bucket's name and storage.endpoint_url (or AWS_ENDPOINT_URL)"
         ) from None
     except storage_exceptions() as error:
         if classify(error) != ACCESS_DENIED:

@@ -24,8 +24,8 @@ def check_task_columns(spec: JobSpec, plan: ManifestPlan) -> None:
     if missing:
         raise JobError(
             f"task.prompt names column(s) {', '.join('{' + m + '}' for m in missing)} that the manifest "
-            f"{plan.files[0]} does not have; its columns are: {', '.join(names)}. Fix the template or the "
-            "manifest (write a literal brace as {{ or }})"
+            f"{plan.files[0]} does not have; its columns are: {', '.join(names)}. Add the column(s) to the "
+            "manifest or fix the names in task.prompt (write a literal brace as {{ or }})"
         )
     for name in fields:
         plan.columns[TEMPLATE_COLUMN_PREFIX + name] = name
@@ -80,7 +80,8 @@ def check_dummy_settings(model: ModelSpec) -> None:
         dummy_member(model.name)
     elif model.dummy_layers is not None:
         raise JobError(
-            f"model.dummy_layers is set but model.name is {model.name!r}; it only applies to dummy:InternVL3-<size>"
+            f"model.dummy_layers is set but model.name is {model.name!r}; it only applies to dummy:InternVL3-<size>: "
+            "remove model.dummy_layers"
         )
 
 

@@ -17,8 +17,8 @@ from media import (
 )
 from PIL import Image
 
-from pipeline.actors.decode import decode_image
-from pipeline.errors import RowError
+from pipeline.actors.decode import decode_image, image_size
+from pipeline.errors import RowError, error_text
 
 BUDGET = 178_956_970
 
@@ -82,6 +82,22 @@ def test_broken_bytes_are_row_errors(data: bytes):
     with pytest.raises(RowError) as error:
         decode_image(data, BUDGET)
     assert error.value.kind == "decode_error"
+
+
+def test_row_errors_hold_no_object_reprs():
+    # Pillow says "cannot identify image file <_io.BytesIO object at 0x7f...>": the repr means
+    # nothing to a reader and differs on every run, so the row's error leaves it out.
+    expected = "decode_error: not a readable image (UnidentifiedImageError: cannot identify image file)"
+    for decode in (lambda data: decode_image(data, BUDGET), image_size):
+        with pytest.raises(RowError) as error:
+            decode(b"hello, not an image")
+        assert str(error.value) == expected
+        assert "0x" not in error.value.message
+
+
+def test_error_text_removes_object_reprs_from_any_message():
+    message = "cannot open <_io.BufferedReader object at 0x7F00AB12> or <foo.Bar object at 0xdeadbeef> here"
+    assert error_text("bad_video", message) == "bad_video: cannot open or here"
 
 
 def test_exif_rotation_is_optional():

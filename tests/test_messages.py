@@ -48,7 +48,21 @@ def test_unknown_spec_key(tmp_path: Path, manifest: Path):
     )
     assert message(job) == (
         f"{job}: the job spec is invalid:\n"
-        "  model.batchsize: unknown key (check the spelling; `python -m pipeline spec` lists every key)"
+        "  model.batchsize: unknown key; did you mean `model.batch_size`? (`python -m pipeline spec` lists every key)"
+    )
+
+
+def test_unknown_spec_keys_misplaced_or_unlike_any(tmp_path: Path, manifest: Path):
+    job = write_job(
+        tmp_path,
+        "misplaced.yaml",
+        f"input:\n  manifest: {manifest}\nmodel:\n  num_frames: 16\n  xyz: 1\noutput:\n  path: out\n",
+    )
+    assert message(job) == (
+        f"{job}: the job spec is invalid:\n"
+        "  model.num_frames: unknown key; did you mean `preprocess.num_frames`? (`python -m pipeline spec` lists "
+        "every key)\n"
+        "  model.xyz: unknown key (check the spelling; `python -m pipeline spec` lists every key)"
     )
 
 
@@ -70,7 +84,20 @@ def test_duplicate_ids(tmp_path: Path):
     job = write_job(tmp_path, "job.yaml", f"input:\n  manifest: {manifest}\noutput:\n  path: out\n")
     assert message(job) == (
         "input.manifest: column 'id' (input.id_column) has 2 duplicated id value(s), e.g. 'a', 'b'. "
-        "Every id must be unique: the output has one row per id."
+        "Every id must be unique (the output has one row per id): deduplicate the manifest, or set input.id_column "
+        "to a column whose values are unique."
+    )
+
+
+def test_null_ids(tmp_path: Path):
+    manifest = tmp_path / "nulls.parquet"
+    pq.write_table(pa.table({"id": ["a", None, ""], "uri": ["1.jpg", "2.jpg", "3.jpg"]}), manifest)
+    job = write_job(tmp_path, "job.yaml", f"input:\n  manifest: {manifest}\noutput:\n  path: out\n")
+    assert message(job) == (
+        "input.manifest: column 'id' (input.id_column) has 2 null or empty id(s): "
+        f"row 1 of row group 0 in {manifest}; row 2 of row group 0 in {manifest}. Every row needs a unique, "
+        "non-empty id: fill in those ids or drop those rows in the manifest, or set input.id_column to a column "
+        "without gaps."
     )
 
 
@@ -83,7 +110,8 @@ def test_custom_template_names_a_missing_column(tmp_path: Path, manifest: Path):
     )
     assert message(job) == (
         f"task.prompt names column(s) {{subject}}, {{style}} that the manifest {manifest} does not have; "
-        "its columns are: id, uri. Fix the template or the manifest (write a literal brace as {{ or }})"
+        "its columns are: id, uri. Add the column(s) to the manifest or fix the names in task.prompt (write a literal "
+        "brace as {{ or }})"
     )
 
 
@@ -101,6 +129,31 @@ def test_resume_with_a_changed_model(tmp_path: Path, manifest: Path):
         f"output.path {out} holds results of a different job (model.name: 'tiny-random' -> 'none'). "
         "Resuming would mix answers of two configurations. Use a new output.path, or set output.mode: overwrite "
         "to start over."
+    )
+
+
+class ActorStartFailed(RuntimeError):
+    """Stands in for Ray's error when an actor's constructor raised (no cluster needed)."""
+
+    actor_init_failed = True
+
+
+def test_actors_that_cannot_start_say_what_to_do():
+    from pipeline.runner import explain_failure
+
+    cause = RuntimeError("size mismatch for <torch.nn.Linear object at 0x7f00aa> weight")
+    wrapped = ActorStartFailed("MapBatches(GenerateStage) died")
+    wrapped.__cause__ = cause
+    assert str(explain_failure(wrapped, 0)) == (
+        "the pipeline's actors (GenerateStage) could not start: RuntimeError: size mismatch for weight. Nothing "
+        "was written; fix the cause (the actor's log under the Ray session's logs folder has the full traceback) "
+        "and re-run"
+    )
+    ours = ActorStartFailed("MapBatches(GenerateStage) died")
+    ours.__cause__ = JobError("model.dtype: float16 is not supported on CPU; use float32 or bfloat16")
+    assert str(explain_failure(ours, 0)) == (
+        "the pipeline's actors (GenerateStage) could not start: model.dtype: float16 is not supported on CPU; use "
+        "float32 or bfloat16"
     )
 
 

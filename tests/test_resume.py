@@ -164,6 +164,29 @@ def test_resume_with_other_answers_is_refused_naming_the_field(tmp_path: Path, c
     assert json.loads((tmp_path / "out" / "_job.json").read_text())["fingerprint"][field] is not None
 
 
+def test_a_dummy_model_of_another_depth_is_another_model(tmp_path: Path):
+    spec = spec_for(tmp_path, model={"name": "dummy:InternVL3-1B", "dummy_layers": 1})
+    plan = plan_manifest(spec.input)
+    prepare_output(spec, plan)
+    (tmp_path / "out" / plan.shards[0].key).mkdir()  # the output holds results
+    deeper = spec_for(tmp_path, model={"name": "dummy:InternVL3-1B", "dummy_layers": 2})
+    with pytest.raises(JobError, match=r"different job \(model\.dummy_layers: 1 -> 2\)"):
+        check_resumable(deeper, plan_manifest(deeper.input))
+    check_resumable(spec, plan)  # the same depth resumes
+
+
+def test_an_old_fingerprint_without_dummy_layers_still_resumes(tmp_path: Path):
+    spec = spec_for(tmp_path)
+    plan = plan_manifest(spec.input)
+    prepare_output(spec, plan)
+    (tmp_path / "out" / plan.shards[0].key).mkdir()
+    job = tmp_path / "out" / "_job.json"
+    written = json.loads(job.read_text())
+    del written["fingerprint"]["model.dummy_layers"]  # as written before the key existed
+    job.write_text(json.dumps(written))
+    check_resumable(spec, plan)
+
+
 def test_a_job_that_wrote_nothing_may_change_its_settings(tmp_path: Path):
     spec = spec_for(tmp_path)
     prepare_output(spec, plan_manifest(spec.input))

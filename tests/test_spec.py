@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from pipeline.spec import JobSpec, SpecError, load_spec, parse_spec
+from pipeline.spec import JobSpec, SpecError, load_spec, parse_spec, suggest_key
 
 REQUIRED_KEYS = [
     "input.manifest",
@@ -56,6 +56,21 @@ def test_unknown_key_is_rejected_with_its_path():
     data["model"] = {"batchsize": 4}
     with pytest.raises(SpecError, match=r"model\.batchsize: unknown key"):
         parse_spec(data)
+
+
+@pytest.mark.parametrize(
+    ("loc", "meant"),
+    [
+        (("model", "batch_sise"), "model.batch_size"),  # a typo within the section
+        (("inptu",), "input"),  # a misspelt section
+        (("model", "num_frames"), "preprocess.num_frames"),  # the right key in the wrong section
+        (("model", "num_frame"), "preprocess.num_frames"),  # both at once beats a weak match at home
+        (("ray", "runtime_env", "pipp"), "ray.runtime_env.pip"),  # nested sections
+        (("model", "xyz"), None),  # nothing close: no guess
+    ],
+)
+def test_unknown_keys_suggest_the_closest_valid_key(loc: tuple[str, ...], meant: str | None):
+    assert suggest_key(loc) == meant
 
 
 def test_missing_required_key_is_named():

@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.errors import RowError
+from pipeline.errors import RowError, describe_exception
 
 # We check the pixel budget ourselves, per job, before decoding; Pillow's global check
 # would raise a generic error (or only warn) at a fixed size.
@@ -87,7 +87,7 @@ def image_size(data: bytes, exif_transpose: bool = False) -> tuple[int, int]:
         with Image.open(io.BytesIO(data)) as image:
             return header_size(image, exif_transpose)
     except Exception as error:  # untrusted bytes: any decoder failure is this row's problem
-        raise RowError("decode_error", f"{type(error).__name__}: {error}") from None
+        raise RowError("decode_error", f"not a readable image ({describe_exception(error)})") from None
 
 
 def decode_image(
@@ -105,7 +105,7 @@ def decode_image(
     try:
         image: Image.Image = Image.open(io.BytesIO(data))
     except Exception as error:  # untrusted bytes: any decoder failure is this row's problem
-        raise RowError("decode_error", f"not a readable image ({type(error).__name__}: {error})") from None
+        raise RowError("decode_error", f"not a readable image ({describe_exception(error)})") from None
     width, height = image.size
     if width * height > max_pixels:
         raise RowError(
@@ -124,4 +124,4 @@ def decode_image(
                 ImageOps.exif_transpose(image, in_place=True)
             return to_rgb(image)
     except Exception as error:  # truncated or corrupt pixel data, odd plugins' own errors
-        raise RowError("decode_error", f"cannot decode the image ({type(error).__name__}: {error})") from None
+        raise RowError("decode_error", f"cannot decode the image ({describe_exception(error)})") from None

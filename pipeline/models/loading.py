@@ -168,7 +168,10 @@ def resolve_checkpoint(spec: ModelSpec, storage: StorageSpec | None) -> str:
             raise JobError(f"model.name: {name} is a directory without config.json; point it at a checkpoint")
         return str(path)
     if name.startswith(("/", "./", "../", "~")):
-        raise JobError(f"model.name: the directory {name} does not exist")
+        raise JobError(
+            f"model.name: the directory {name} does not exist; check the path, or give a hub id such as "
+            "OpenGVLab/InternVL3-2B-hf"
+        )
     return name
 
 

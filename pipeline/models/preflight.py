@@ -75,12 +75,20 @@ def check_checkpoint_dir(path: Path, name: str, trust_remote_code: bool = False)
         try:
             shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError) as error:
-            raise JobError(f"model.name: {index} is not a valid weight index ({error})") from None
+            raise JobError(
+                f"model.name: {index} is not a valid weight index ({error}); the checkpoint is corrupt: copy or "
+                "download it again"
+            ) from None
         absent = sorted(shard for shard in shards if not (path / shard).is_file())
         if absent:
-            raise JobError(f"model.name: {name} lacks weight files named in its index: {', '.join(absent[:5])}")
+            raise JobError(
+                f"model.name: {name} lacks weight files named in its index: {', '.join(absent[:5])}; copy them "
+                "beside the index, or download the checkpoint again"
+            )
     if not weights and not list(path.glob("pytorch_model*.bin")):
-        raise JobError(f"model.name: {name} has no weights (*.safetensors or pytorch_model*.bin)")
+        raise JobError(
+            f"model.name: {name} has no weights (*.safetensors or pytorch_model*.bin); copy them beside its config.json"
+        )
     for file in weights:
         check_safetensors(file)
 

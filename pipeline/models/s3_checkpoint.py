@@ -83,7 +83,10 @@ def _check_listing(uri: str, files: dict[str, RemoteFile]) -> None:
             "that holds the checkpoint"
         )
     if not any(name.endswith(WEIGHT_SUFFIXES) for name in files):
-        raise JobError(f"model.name: {uri} has a config.json but no weights (*.safetensors or *.bin)")
+        raise JobError(
+            f"model.name: {uri} has a config.json but no weights (*.safetensors or *.bin); upload them beside "
+            "its config.json"
+        )
 
 
 def check_checkpoint_prefix(uri: str, storage: StorageSpec | None) -> None:

@@ -99,8 +99,10 @@ def resolve_spec(spec: JobSpec) -> JobSpec:
     task = spec.task.model_copy(update={"max_new_tokens": spec.task.max_new_tokens or preset.max_new_tokens})
     preprocess = spec.preprocess.model_copy(update={"max_tiles": spec.preprocess.max_tiles or preset.max_tiles})
     if preprocess.max_tiles is not None and preprocess.min_tiles > preprocess.max_tiles:
+        whence = "" if spec.preprocess.max_tiles else f" (the {spec.task.kind} preset's default)"
         raise SpecError(
             f"preprocess.min_tiles={preprocess.min_tiles} exceeds preprocess.max_tiles={preprocess.max_tiles}"
+            f"{whence}; lower preprocess.min_tiles or raise preprocess.max_tiles"
         )
     if spec.task.prompt is not None:
         template_fields(spec.task.prompt)  # a malformed template fails here, not in every row
@@ -123,7 +125,10 @@ def template_fields(template: str) -> list[str]:
         if field is None:
             continue
         if not field.isidentifier():
-            raise SpecError(f"task.prompt: template field {{{field}}} must be a plain column name")
+            raise SpecError(
+                f"task.prompt: template field {{{field}}} must be a plain column name such as {{title}}; "
+                "write a literal brace as {{ or }}"
+            )
         if field not in names:
             names.append(field)
     return names

@@ -107,7 +107,7 @@ def _found(source: str, storage: StorageSpec | None) -> tuple[str, dict[str, dic
             found = {path: fs.info(path)}
             return path.rsplit("/", 1)[0], found
         else:
-            raise JobError(f"{source} does not exist")
+            raise JobError(f"{source} does not exist; check the path (a folder, a prefix or a glob)")
     except storage_exceptions() as error:
         raise JobError(f"cannot list {source}: {describe(error, source, storage)}") from None
     files = {name: info for name, info in found.items() if info.get("type") == "file" and not name.endswith("/")}
@@ -255,7 +255,10 @@ def plan_listing(spec: JobSpec, media: list[MediaFile]) -> InputPlan:
     known = _known_ids(previous, spec) if previous else set()
     new = [item for item in media if item.id not in known]
     if not media and not previous:
-        raise JobError(f"input.manifest: no images or videos found at {spec.input.manifest}")
+        raise JobError(
+            f"input.manifest: no images or videos found at {spec.input.manifest} (files are recognised by "
+            "their extension); check the folder, prefix or glob"
+        )
     uploads: dict[str, bytes] = {}
     if new:
         table = listing_table(new, spec.input.id_column, spec.input.uri_column, spec.input.media_type_column)

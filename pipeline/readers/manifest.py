@@ -93,11 +93,17 @@ def discover_files(manifest: str, storage: StorageSpec | None = None) -> list[st
         elif fs.isfile(path):
             found = [path]
         else:
-            raise JobError(f"input.manifest: {manifest} does not exist")
+            raise JobError(
+                f"input.manifest: {manifest} does not exist; check the path (a Parquet file, a folder of them, "
+                "or a glob such as data/*.parquet)"
+            )
     except storage_exceptions(ValueError) as error:
         raise JobError(f"input.manifest: cannot list {manifest}: {describe(error, manifest, storage)}") from None
     if not found:
-        raise JobError(f"input.manifest: no Parquet files found at {manifest}")
+        raise JobError(
+            f"input.manifest: no Parquet files found at {manifest}; point it at a .parquet file, a folder holding "
+            "them, or a glob such as data/*.parquet"
+        )
     return [_with_scheme(manifest, p) for p in found]
 
 
@@ -107,7 +113,10 @@ def open_parquet(uri: str, storage: StorageSpec | None = None) -> pq.ParquetFile
     try:
         return pq.ParquetFile(fs.open(path, "rb"))
     except pa.ArrowInvalid as error:
-        raise JobError(f"input.manifest: {uri} is not a readable Parquet file ({error})") from None
+        raise JobError(
+            f"input.manifest: {uri} is not a readable Parquet file ({error}); a manifest must be Parquet "
+            "(convert CSV or JSON first, e.g. with pyarrow or pandas), and complete"
+        ) from None
     except storage_exceptions() as error:
         raise JobError(f"input.manifest: cannot read {uri}: {describe(error, uri, storage)}") from None
 
@@ -139,9 +148,22 @@ def resolve_columns(spec: InputSpec, schema: pa.Schema, source: str) -> tuple[di
     if missing:
         raise JobError(
             f"input.passthrough_columns: {', '.join(missing)} not in the manifest {source}; its columns are: "
-            f"{available}"
+            f"{available}. Fix the names in input.passthrough_columns or add the column(s) to the manifest"
         )
     return columns, list(spec.passthrough_columns)
+
+
+# The spec field that names each canonical column, so an error can say which setting to change.
+_SPEC_FIELDS = {
+    ID: "input.id_column",
+    URI: "input.uri_column",
+    URIS: "input.uris_column",
+    MEDIA_HINT: "input.media_type_column",
+    ROW_PROMPT: "input.prompt_column",
+    INLINE_BYTES: "input.bytes_column",
+    START_S: "input.start_column",
+    END_S: "input.end_column",
+}
 
 
 def _check_types(schema: pa.Schema, columns: dict[str, str], source: str) -> None:
@@ -161,7 +183,12 @@ def _check_types(schema: pa.Schema, columns: dict[str, str], source: str) -> Non
     for canonical, column in columns.items():
         check, expected = expectations[canonical]
         if not check(kind_of(column)):
-            raise JobError(f"{source}: column {column!r} must hold {expected} values, but has type {kind_of(column)}")
+            field = _SPEC_FIELDS[canonical]
+            other = "another column" if canonical in (ID, URI) else "another column (or null to ignore it)"
+            raise JobError(
+                f"{source}: column {column!r} ({field}) must hold {expected} values, but has type "
+                f"{kind_of(column)}. Store it as {expected} in the manifest, or set {field} to {other}"
+            )
 
 
 def shard_key(file_uri: str, row_group: int, part: int) -> str:
@@ -289,7 +316,8 @@ def check_ids(plan: ManifestPlan, storage: StorageSpec | None, check_duplicates:
         raise JobError(
             f"input.manifest: column {id_column!r} (input.id_column) has {null_count} null or empty id(s): "
             + "; ".join(null_rows)
-            + ". Every row needs a unique, non-empty id."
+            + ". Every row needs a unique, non-empty id: fill in those ids or drop those rows in the manifest, "
+            "or set input.id_column to a column without gaps."
         )
     if finder is None:
         return
@@ -298,5 +326,6 @@ def check_ids(plan: ManifestPlan, storage: StorageSpec | None, check_duplicates:
         named = ", ".join(repr(d) for d in duplicates)
         raise JobError(
             f"input.manifest: column {id_column!r} (input.id_column) has {total} duplicated id value(s), e.g. "
-            f"{named}. Every id must be unique: the output has one row per id."
+            f"{named}. Every id must be unique (the output has one row per id): deduplicate the manifest, or set "
+            "input.id_column to a column whose values are unique."
         )

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.actors.decode import decode_image
-from pipeline.errors import RowError
+from pipeline.errors import RowError, describe_exception
 from pipeline.readers.media import fetch_bytes
 from pipeline.report.output import storage_errors
 from pipeline.spec import PreprocessSpec, StorageSpec
@@ -109,7 +109,7 @@ def row_thumbnail(row: dict[str, Any], storage: StorageSpec | None) -> Thumbnail
         image = image_thumbnail(data)
         return Thumbnail(jpeg_data_uri(image), "")
     except storage_errors() as error:  # e.g. an object store that cannot be reached from here
-        return Thumbnail(None, f"cannot show: {type(error).__name__}: {error}")
+        return Thumbnail(None, f"cannot show: {describe_exception(error)}")
     except RowError as error:
         if row.get("error_kind"):  # the row's own error already says why; do not repeat it
             return Thumbnail(None, "no preview: this row's input could not be read either")
