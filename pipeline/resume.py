@@ -78,6 +78,8 @@ def fingerprint(spec: JobSpec) -> dict[str, Any]:
         "task.max_new_tokens": task.max_new_tokens,
         "task.temperature": task.temperature,
         "task.top_p": task.top_p,
+        # Sampling answers depend on the seed; greedy ones do not (null, as in older fingerprints).
+        "task.seed": task.seed if task.temperature > 0 else None,
         "task.top_k": task.top_k,
         "task.repetition_penalty": task.repetition_penalty,
         "preprocess.max_tiles": pre.max_tiles,

@@ -175,6 +175,23 @@ def test_a_dummy_model_of_another_depth_is_another_model(tmp_path: Path):
     check_resumable(spec, plan)  # the same depth resumes
 
 
+def test_sampling_with_another_seed_is_another_job_but_greedy_ignores_the_seed(tmp_path: Path):
+    sampled = spec_for(tmp_path, task={"temperature": 0.7, "seed": 1})
+    plan = plan_manifest(sampled.input)
+    prepare_output(sampled, plan)
+    (tmp_path / "out" / plan.shards[0].key).mkdir()  # the output holds results
+    reseeded = spec_for(tmp_path, task={"temperature": 0.7, "seed": 2})
+    with pytest.raises(JobError, match=r"different job \(task\.seed: 1 -> 2\)"):
+        check_resumable(reseeded, plan_manifest(reseeded.input))
+
+    (tmp_path / "greedy").mkdir()
+    greedy = spec_for(tmp_path / "greedy", task={"seed": 1})
+    plan = plan_manifest(greedy.input)
+    prepare_output(greedy, plan)
+    (tmp_path / "greedy" / "out" / plan.shards[0].key).mkdir()
+    check_resumable(spec_for(tmp_path / "greedy", task={"seed": 2}), plan)  # greedy answers ignore the seed
+
+
 def test_an_old_fingerprint_without_dummy_layers_still_resumes(tmp_path: Path):
     spec = spec_for(tmp_path)
     plan = plan_manifest(spec.input)
