@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
+# Test processes: each runs its own local Ray; 2 halves the suite's time on a 2-core machine.
+TEST_WORKERS ?= 2
 
 .PHONY: quickstart test lint install
 
@@ -27,7 +29,7 @@ test: install
 	$(BIN)/ruff check pipeline tests benchmarks
 	$(BIN)/ruff format --check pipeline tests benchmarks
 	$(BIN)/mypy pipeline
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=15
 
 lint: install
 	$(BIN)/ruff check --fix pipeline tests benchmarks
