@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from benchmarks.common import BenchOptions
+from benchmarks.common import BenchOptions, emit
 
 BENCHMARKS = {
     "preprocess": "CPU stage vs the model card's preprocessing: images/s per core, bytes per row, exactness",
@@ -21,8 +21,10 @@ BENCHMARKS = {
 
 
 def run_benchmark(name: str, options: BenchOptions) -> dict[str, Any]:
-    """Run one benchmark by name."""
+    """Run one benchmark by name (its module's `run`), print and save its JSON line."""
     if name not in BENCHMARKS:
         raise KeyError(name)
     module = importlib.import_module(f"benchmarks.{name}")
-    return module.main(options)
+    result: dict[str, Any] = module.run(options)
+    emit(result, options.workdir)
+    return result

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import BenchOptions, emit, machine, ratio, say, table
+from benchmarks.common import BenchOptions, machine, ratio, say, table
 
 BATCH_SIZE = 8
 BUDGET = 16_384
@@ -98,10 +98,3 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "tiles_histogram": {str(t): histogram[t] for t in sorted(histogram)},
         "machine": machine(),
     }
-
-
-def main(options: BenchOptions) -> dict[str, Any]:
-    """Entry point of `python -m pipeline bench batching`."""
-    result = run(options)
-    emit(result, options.workdir)
-    return result

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import BenchOptions, emit, machine, median, ratio, say, table
+from benchmarks.common import BenchOptions, machine, median, ratio, say, table
 from benchmarks.corpus import PREPROCESS_RECIPES, build_corpus
 
 MAX_TILES = 12
@@ -234,10 +234,3 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "runs": {name: [{k: v for k, v in r.items() if k != "texts"} for r in results[name]] for name in names},
         "machine": machine(),
     }
-
-
-def main(options: BenchOptions) -> dict[str, Any]:
-    """Entry point of `python -m pipeline bench pipeline`."""
-    result = run(options)
-    emit(result, options.workdir)
-    return result

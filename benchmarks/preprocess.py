@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import BenchOptions, emit, machine, median, ratio, say, table
+from benchmarks.common import BenchOptions, machine, median, ratio, say, table
 from benchmarks.corpus import PREPROCESS_RECIPES, CorpusImage, build_corpus
 
 MAX_TILES = 12
@@ -231,10 +231,3 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "max_tiles": MAX_TILES,
         "machine": machine(),
     }
-
-
-def main(options: BenchOptions) -> dict[str, Any]:
-    """Entry point of `python -m pipeline bench preprocess`."""
-    result = run(options)
-    emit(result, options.workdir)
-    return result

@@ -60,3 +60,17 @@ def test_model_card_baseline_is_what_the_stage_reproduces(tmp_path: Path, make_s
     import torch
 
     assert torch.equal(normalise_tiles(tiles, torch.device("cpu"), torch.float32), load_image(str(path)))
+
+
+def test_scaling_memory_job_leaves_only_the_last_shard_to_do(tmp_path: Path):
+    from benchmarks.scaling import memory_job, text_manifest
+    from pipeline.readers.manifest import plan_manifest
+    from pipeline.resume import done_shards, pending_shards
+    from pipeline.spec import load_spec
+
+    manifest = text_manifest(tmp_path, 25_000)
+    spec = load_spec(str(memory_job(tmp_path, manifest, 25_000)))
+    plan = plan_manifest(spec.input, spec.storage)
+    pending = pending_shards(plan, done_shards(spec.output.path, spec.storage))
+    assert len(plan.shards) == 3
+    assert [shard.key for shard in pending] == [plan.shards[-1].key]

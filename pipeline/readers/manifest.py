@@ -282,15 +282,25 @@ def resolve_uri(uri: str | None, base: str) -> str | None:
 
 
 def iter_ids(plan: ManifestPlan, storage: StorageSpec | None) -> Iterator[tuple[Shard, pa.Array]]:
-    """Stream the id column shard by shard (strings), for the contract checks."""
+    """Stream the id column shard by shard (strings), for the contract checks.
+
+    Each row group is read once, however many shards it holds, and only one is held at a
+    time: the driver's memory is bounded by the largest row group, whatever the manifest's length.
+    """
     id_column = plan.columns[ID]
     current_file, parquet = None, None
+    current_group: tuple[str, int] | None = None
+    group: pa.Table | None = None
     for shard in plan.shards:
         if shard.file != current_file:
             current_file, parquet = shard.file, open_parquet(shard.file, storage)
         assert parquet is not None
-        table = parquet.read_row_group(shard.row_group, columns=[id_column]).slice(shard.offset, shard.num_rows)
-        array = table.column(id_column).combine_chunks()
+        if current_group != (shard.file, shard.row_group):
+            group = None  # release the previous row group before reading the next
+            group = parquet.read_row_group(shard.row_group, columns=[id_column])
+            current_group = (shard.file, shard.row_group)
+        assert group is not None
+        array = group.slice(shard.offset, shard.num_rows).column(id_column).combine_chunks()
         if not pa.types.is_string(array.type):
             array = array.cast(pa.string())
         yield shard, array
