@@ -61,7 +61,7 @@ def normalise_tiles(tiles: np.ndarray, device: Any, dtype: Any):  # -> torch.Ten
     import torch
 
     tiles = np.ascontiguousarray(tiles)
-    kernels = _lookup_kernel() if device.type == "cpu" else False
+    kernels: Any = _lookup_kernel() if device.type == "cpu" else None
     if kernels:
         values = np.empty(tiles.shape, dtype=np.float32)
         kernels.lookup_rgb(tiles.reshape(-1), lookup_table(), values.reshape(-1))
