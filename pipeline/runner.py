@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +86,11 @@ def connect_ray(spec: JobSpec) -> str:
         return "the Ray cluster of this process"
     address = spec.ray.address or os.environ.get("RAY_ADDRESS") or None
     if address and address != "local":
+        if not answers(address):
+            raise JobError(
+                f"ray.address: nothing answers at {address} (waited {PROBE_TIMEOUT_S:g} s). Check that the cluster "
+                "is up (`ray status` on its head) and the address, or set ray.address: local to start one here"
+            )
         try:
             ray.init(address=address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as error:
@@ -94,14 +100,52 @@ def connect_ray(spec: JobSpec) -> str:
             ) from None
         return f"the Ray cluster at {address}"
     if address is None:
-        try:
-            ray.init(address="auto", logging_level=logging.WARNING)
-            return "the running Ray cluster found on this machine"
-        except ConnectionError:
-            pass
+        found = cluster_started_here()
+        if found is not None:
+            try:
+                ray.init(address=found, logging_level=logging.WARNING)
+                return f"the running Ray cluster found on this machine ({found})"
+            except ConnectionError:
+                pass
     num_cpus = spec.ray.num_cpus or max(os.cpu_count() or 1, required_cpus(spec))
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     return f"a new local Ray instance ({num_cpus} CPUs)"
+
+
+PROBE_TIMEOUT_S = 3.0
+
+
+def answers(address: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether something accepts a TCP connection at a plain HOST:PORT address.
+
+    Ray's own connect to an address where nothing listens retries for minutes; a probe
+    turns that into an immediate, clear error. Other forms (ray://, http://) are left to Ray.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "/" in address:
+        return True
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def cluster_started_here() -> str | None:
+    """The address the last `ray start` on this machine recorded, if its cluster still answers.
+
+    A head that was killed, or a machine restored from a snapshot, leaves that record behind;
+    joining it would hang, so a stale record counts as no cluster and `run` starts its own.
+    """
+    try:
+        from ray._private.services import find_bootstrap_address  # where `ray.init("auto")` looks
+
+        recorded = find_bootstrap_address(None)
+    except Exception:  # a Ray without this helper: start a local instance
+        return None
+    if not recorded or not answers(recorded):
+        return None
+    return str(recorded)
 
 
 def required_cpus(spec: JobSpec) -> int:

@@ -1,0 +1,53 @@
+"""Which Ray a run joins: a recorded cluster only if it answers; a dead address fails at once."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import JobError
+from pipeline.runner import answers, cluster_started_here, connect_ray
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_answers_only_where_something_listens() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert answers(f"127.0.0.1:{server.getsockname()[1]}")
+    assert not answers(f"127.0.0.1:{closed_port()}")
+
+
+def test_other_address_forms_are_left_to_ray() -> None:
+    assert answers("ray://head.example:10001")
+    assert answers("http://head.example:8265")
+    assert answers("auto")
+
+
+def test_a_stale_record_of_a_killed_head_counts_as_no_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray._private.services as services
+
+    dead = f"127.0.0.1:{closed_port()}"
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: dead)
+    assert cluster_started_here() is None
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: None)
+    assert cluster_started_here() is None
+
+
+def test_an_address_where_nothing_listens_fails_fast_naming_the_field(make_spec, tmp_path: Path) -> None:
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("this test process already holds a Ray connection")
+    address = f"127.0.0.1:{closed_port()}"
+    spec = make_spec(tmp_path / "manifest.parquet", ray={"address": address})
+    with pytest.raises(JobError, match=rf"ray\.address: nothing answers at {address} .*ray\.address: local"):
+        connect_ray(spec)  # a probe, not Ray's minutes of retries
