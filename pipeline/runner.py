@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -282,6 +283,9 @@ class Sealer:
 
 def _run_pass(dataset: Any, tracker: RunTracker, sealer: Sealer, lease: Any) -> None:
     """Consume one pass's statistics: seal shards as they complete, keep the lease alive."""
+    # Ray Data warns when an actor pool gets fewer input blocks than actors, which every job
+    # smaller than a shard per worker does; the pool's size is the user's choice, not a fault.
+    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
     try:
         for stats in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             for shard in tracker.update(stats):
