@@ -125,6 +125,7 @@ def answers(address: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or "/" in address:
         return True
+    host = host.strip("[]")  # an IPv6 literal, [::1]:6379
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
             return True

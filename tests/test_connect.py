@@ -26,6 +26,17 @@ def test_answers_only_where_something_listens() -> None:
     assert not answers(f"127.0.0.1:{closed_port()}")
 
 
+def test_ipv6_literals_are_probed_without_brackets() -> None:
+    try:
+        server = socket.socket(socket.AF_INET6)
+        server.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with server:
+        server.listen()
+        assert answers(f"[::1]:{server.getsockname()[1]}")
+
+
 def test_other_address_forms_are_left_to_ray() -> None:
     assert answers("ray://head.example:10001")
     assert answers("http://head.example:8265")
