@@ -65,7 +65,17 @@ def median(values: Sequence[float]) -> float:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory in MB (Linux reports KB)."""
+    """This process's peak resident memory in MB since its exec: VmHWM on Linux.
+
+    Not ru_maxrss, which Linux carries over a fork's exec: a child started by a large
+    benchmark process would report the parent's size."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

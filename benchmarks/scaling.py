@@ -92,27 +92,16 @@ def memory_job(folder: Path, manifest: Path, rows: int) -> Path:
     return path
 
 
-# The driver's own peak: VmHWM, the high-water mark of this process's memory since its exec.
-# (ru_maxrss is not: Linux carries a forked child's RSS over the exec, so it would report this
-# benchmark's own size when that is larger, e.g. right after it built a 10^6-row manifest.)
+# The driver in its own process; its peak from `benchmarks.common.peak_rss_mb` (VmHWM).
 DRIVER = """
-import json, resource, sys, time
+import json, sys, time
+from benchmarks.common import peak_rss_mb
 from pipeline.runner import run
 from pipeline.spec import load_spec
 
-def peak_mb():
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
 started = time.perf_counter()
 summary = run(load_spec(sys.argv[1]), echo=lambda line: None)
-print(json.dumps({"peak_rss_mb": peak_mb(),
+print(json.dumps({"peak_rss_mb": peak_rss_mb(),
                   "rows": summary["rows_done"], "skipped": summary["rows_skipped_by_resume"],
                   "wall_s": time.perf_counter() - started}))
 """
@@ -206,7 +195,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
     say(
         table(
             ["CPU workers", "steady rows/s", "vs 1 worker", "wall s"],
-            [[w, rates[w], f"{rates[w] / rates[1]:.2f}x", walls[w]] for w in (1, 2)],
+            [[w, rates[w], f"{ratio(rates[w], rates[1])}x", walls[w]] for w in (1, 2)],
         )
     )
 
@@ -216,10 +205,11 @@ def run(options: BenchOptions) -> dict[str, Any]:
     say(f"\npart 2: driver memory for manifests of {' and '.join(f'{n:,}' for n in sizes)} rows")
     for size in sizes:
         text = text_manifest(folder, size)
-        job = memory_job(folder, text, size)
-        peaks = [driver_peak(job, env) for _ in range(2 if not options.quick else 1)]
-        for _ in peaks[1:]:
-            memory_job(folder, text, size)  # reset the output between repetitions
+        peaks = []
+        for _ in range(1 if options.quick else 2):
+            job = memory_job(folder, text, size)  # a fresh output each time: the last shard to do
+            peaks.append(driver_peak(job, env))
+        memory_job(folder, text, size)  # the same state for the in-process measurement
         work = driver_work_peak(text, size, folder)
         memory[size] = {
             "driver_peak_rss_mb": round(median([p["peak_rss_mb"] for p in peaks]), 1),

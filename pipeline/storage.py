@@ -313,47 +313,41 @@ def describe(error: BaseException, uri: str, storage: StorageSpec | None = None)
     return f"{uri}: {detail}"
 
 
-def _head_bucket(uri: str, storage: StorageSpec | None) -> None:
-    """One HEAD request on the bucket of `uri`; raises what the filesystem raises."""
-    fs, _ = filesystem_for(uri, storage)
+def _check_bucket(uri: str, storage: StorageSpec | None, if_missing: str, listing_required: bool) -> None:
+    """One HEAD request on the bucket of `uri`; StorageError saying why it cannot be used.
+
+    `if_missing` is the advice for a bucket that does not exist; a bucket we may not list
+    passes unless `listing_required`."""
+    if not is_remote(uri):
+        return
     bucket = bucket_of(uri)
     if not bucket:
         raise StorageError(f"{uri} names no bucket; write s3://BUCKET/PATH")
-    fs.info(bucket)
+    fs, _ = filesystem_for(uri, storage)
+    try:
+        fs.info(bucket)
+    except FileNotFoundError:
+        raise StorageError(
+            f"the bucket {bucket!r} of {uri} does not exist at {s3_settings(storage).where}; {if_missing}"
+        ) from None
+    except storage_exceptions() as error:
+        if listing_required or classify(error) != ACCESS_DENIED:
+            raise StorageError(describe(error, uri, storage)) from None
 
 
 def check_bucket(uri: str, storage: StorageSpec | None = None) -> None:
     """For an s3:// uri, make sure its bucket exists, answers and may be listed; raise StorageError
     saying why not. One request; local paths pass (their folders are made when needed)."""
-    if not is_remote(uri):
-        return
-    try:
-        _head_bucket(uri, storage)
-    except FileNotFoundError:
-        raise StorageError(
-            f"the bucket {bucket_of(uri)!r} of {uri} does not exist at {s3_settings(storage).where}; create it "
-            "first (the pipeline never creates buckets)"
-        ) from None
-    except storage_exceptions() as error:
-        raise StorageError(describe(error, uri, storage)) from None
+    _check_bucket(uri, storage, "create it first (the pipeline never creates buckets)", listing_required=True)
 
 
 def probe(uri: str, storage: StorageSpec | None = None) -> None:
     """Raise StorageError when the store behind `uri` cannot be used at all (unreachable endpoint,
     no credentials, missing bucket). A bucket we may not list passes: reading its objects may
     still be allowed, and a forbidden or missing object is a problem of one row, not of the job."""
-    if not is_remote(uri):
-        return
-    try:
-        _head_bucket(uri, storage)
-    except FileNotFoundError:
-        raise StorageError(
-            f"the bucket {bucket_of(uri)!r} of {uri} does not exist at {s3_settings(storage).where}; check the "
-            "bucket's name and storage.endpoint_url (or AWS_ENDPOINT_URL)"
-        ) from None
-    except storage_exceptions() as error:
-        if classify(error) != ACCESS_DENIED:
-            raise StorageError(describe(error, uri, storage)) from None
+    _check_bucket(
+        uri, storage, "check the bucket's name and storage.endpoint_url (or AWS_ENDPOINT_URL)", listing_required=False
+    )
 
 
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]+:[^/@\s]+@")

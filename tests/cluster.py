@@ -22,6 +22,7 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 
 def free_port() -> int:
+    """A port nothing listens on now (bound, then released), for a server a test starts."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from cluster import free_port
+
 # What every test process uses: fixed fake credentials (moto accepts any), a region, and
 # no shared config files, so that a developer's real ~/.aws never leaks into a test.
 FAKE_AWS_ENV = {
@@ -33,12 +35,6 @@ FAKE_AWS_ENV = {
     "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
     "AWS_EC2_METADATA_DISABLED": "true",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

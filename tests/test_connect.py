@@ -6,16 +6,10 @@ import socket
 from pathlib import Path
 
 import pytest
+from cluster import free_port
 
 from pipeline.errors import JobError
 from pipeline.runner import answers, cluster_started_here, connect_ray
-
-
-def closed_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_answers_only_where_something_listens() -> None:
@@ -23,7 +17,7 @@ def test_answers_only_where_something_listens() -> None:
         server.bind(("127.0.0.1", 0))
         server.listen()
         assert answers(f"127.0.0.1:{server.getsockname()[1]}")
-    assert not answers(f"127.0.0.1:{closed_port()}")
+    assert not answers(f"127.0.0.1:{free_port()}")
 
 
 def test_ipv6_literals_are_probed_without_brackets() -> None:
@@ -46,7 +40,7 @@ def test_other_address_forms_are_left_to_ray() -> None:
 def test_a_stale_record_of_a_killed_head_counts_as_no_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
     import ray._private.services as services
 
-    dead = f"127.0.0.1:{closed_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: dead)
     assert cluster_started_here() is None
     monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: None)
@@ -58,7 +52,7 @@ def test_an_address_where_nothing_listens_fails_fast_naming_the_field(make_spec,
 
     if ray.is_initialized():
         pytest.skip("this test process already holds a Ray connection")
-    address = f"127.0.0.1:{closed_port()}"
+    address = f"127.0.0.1:{free_port()}"
     spec = make_spec(tmp_path / "manifest.parquet", ray={"address": address})
     with pytest.raises(JobError, match=rf"ray\.address: nothing answers at {address} .*ray\.address: local"):
         connect_ray(spec)  # a probe, not Ray's minutes of retries

@@ -143,3 +143,12 @@ def test_family_command_prints_the_table_for_other_gpu_sizes():
     assert "GPUs/replica 48 GB" in result.output
     line = next(row for row in result.output.splitlines() if row.startswith("| InternVL3-78B "))
     assert "TP 8; int8/fp8: 3" in line  # 11.4 GB replicated + 145.4/8 GB per rank fits 38.4 GB usable
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"trust_remote_code": False}])
+def test_original_format_loader_refuses_without_the_opt_in(kwargs: dict) -> None:
+    """The remote-code loader itself refuses unless model.trust_remote_code reached it as true."""
+    from pipeline.models.original_format import load_original_format
+
+    with pytest.raises(ValueError, match=r"model\.trust_remote_code: true"):
+        load_original_format("/nonexistent/checkpoint", kwargs)

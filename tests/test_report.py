@@ -260,39 +260,20 @@ def test_report_shows_every_row_video_frames_and_errors(job_run, tmp_path):
     assert "not a readable image" in html  # the decode error's example message
 
 
-def test_report_and_inspect_read_s3(job_run, tmp_path, monkeypatch):
+def test_report_and_inspect_read_s3(job_run, tmp_path, s3):
     """The same output copied to a real S3 API (moto server on loopback)."""
-    import boto3
-    from cluster import free_port
-    from moto.server import ThreadedMotoServer
-
+    from pipeline.errors import JobError
     from pipeline.inspect import inspect_output
     from pipeline.report import build_report
     from pipeline.spec import StorageSpec
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        client = boto3.client("s3", endpoint_url=endpoint)
-        client.create_bucket(Bucket="results")
-        out: Path = job_run["out"]
-        for path in out.rglob("*"):
-            if path.is_file():
-                client.upload_file(str(path), "results", f"run/{path.relative_to(out)}")
-        storage = StorageSpec(endpoint_url=endpoint)
-        built = build_report("s3://results/run", tmp_path / "s3.html", sample=7, storage=storage)
-        assert built["rows"] == 7 and built["errors"] == 2
-        assert (tmp_path / "s3.html").read_text().count('<article class="sample-row') == 7
-        text = inspect_output("s3://results/run", row_id="img2", storage=storage, width=100)
-        assert re.findall(r"^--- (\S+) ", text, re.M) == ["img2"]
-        from pipeline.errors import JobError
-
-        with pytest.raises(JobError, match="no such output folder"):
-            inspect_output("s3://results/elsewhere", storage=storage)
-    finally:
-        server.stop()
+    bucket = s3.bucket("report-results")
+    s3.upload_dir(job_run["out"], bucket, "run")
+    storage = StorageSpec(endpoint_url=s3.endpoint)
+    built = build_report(f"s3://{bucket}/run", tmp_path / "s3.html", sample=7, storage=storage)
+    assert built["rows"] == 7 and built["errors"] == 2
+    assert (tmp_path / "s3.html").read_text().count('<article class="sample-row') == 7
+    text = inspect_output(f"s3://{bucket}/run", row_id="img2", storage=storage, width=100)
+    assert re.findall(r"^--- (\S+) ", text, re.M) == ["img2"]
+    with pytest.raises(JobError, match="no such output folder"):
+        inspect_output(f"s3://{bucket}/elsewhere", storage=storage)

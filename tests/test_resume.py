@@ -388,30 +388,14 @@ def test_a_batch_whose_worker_died_is_redone_row_by_row_and_a_poison_row_gives_u
 
 
 @pytest.fixture
-def s3_bucket(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }.items():
-        monkeypatch.setenv(name, value)
-    import boto3
-
-    boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket="results")
+def s3_bucket(s3, monkeypatch):
+    """A bucket of the session's S3 API on loopback, reached through AWS_ENDPOINT_URL."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
     from pipeline.storage import _s3_filesystem
 
     _s3_filesystem.cache_clear()
-    yield "s3://results"
+    yield f"s3://{s3.bucket('resume-results')}"
     _s3_filesystem.cache_clear()
-    server.stop()
 
 
 def test_the_same_bookkeeping_on_s3(tmp_path: Path, s3_bucket: str):
@@ -439,13 +423,14 @@ def test_the_same_bookkeeping_on_s3(tmp_path: Path, s3_bucket: str):
     assert result.sealed and result.duplicates_removed == 1
     assert done_shards(spec.output.path, None) == {shard.key: 6}
     fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
-    files = [p for p in fs.find("results/job") if p.rsplit("/", 1)[-1].startswith("part-")]
+    folder = spec.output.path.removeprefix("s3://")
+    files = [p for p in fs.find(folder) if p.rsplit("/", 1)[-1].startswith("part-")]
     ids = sorted(i for f in files for i in pq.read_table(fs.open(f, "rb")).column("id").to_pylist())
     assert ids == [f"r{i:03d}" for i in range(6)]
     with pytest.raises(JobError, match="being written by another run"):
         Lease(spec.output.path, None).acquire()
     lease.release()
-    assert not fs.exists(f"results/job/{LEASE_FILE}")
+    assert not fs.exists(f"{folder}/{LEASE_FILE}")
 
 
 def test_a_hanging_row_trips_the_watchdog_and_a_finished_one_does_not():

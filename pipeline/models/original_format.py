@@ -55,14 +55,17 @@ class OriginalFormatModel:
 
 
 def load_original_format(checkpoint: str, kwargs: dict[str, Any]) -> tuple[OriginalFormatModel, Any]:
-    """Load an original-format checkpoint with its remote code (the caller checked the opt-in)."""
+    """Load an original-format checkpoint with its remote code: only with `model.trust_remote_code`,
+    which arrives as `kwargs["trust_remote_code"]` and is refused here when it is not true."""
     from transformers import AutoModel, AutoTokenizer
 
+    if kwargs.get("trust_remote_code") is not True:
+        raise ValueError("an original-format checkpoint runs remote code: needs model.trust_remote_code: true")
     kwargs = dict(kwargs)
     # The remote code has its own switch for flash attention instead of attn_implementation.
     kwargs["use_flash_attn"] = kwargs.pop("attn_implementation", None) == "flash_attention_2"
     tokenizer = AutoTokenizer.from_pretrained(
-        checkpoint, revision=kwargs.get("revision"), trust_remote_code=True, use_fast=False
+        checkpoint, revision=kwargs.get("revision"), trust_remote_code=kwargs["trust_remote_code"], use_fast=False
     )
     model = AutoModel.from_pretrained(checkpoint, low_cpu_mem_usage=True, **kwargs)
     image_token: Any = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
