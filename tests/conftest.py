@@ -8,6 +8,7 @@ and skipped without CUDA.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,25 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, inherit: bool = True, timeout: int = 600, cwd: Path = REPO
+) -> subprocess.CompletedProcess:
+    """`python -m pipeline ARGS` in a child process, as a user runs it; its output captured.
+
+    `env` is added to this process's environment, or with `inherit=False` is the whole of it
+    (for tests that must leave out a variable the test process has)."""
+    environment = {**os.environ, **(env or {})} if inherit else dict(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)

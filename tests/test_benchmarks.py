@@ -4,12 +4,10 @@ the steady-state rule, the model-card baseline's fidelity. Benchmarks report; no
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-from conftest import REPO
+from conftest import run_cli
 from media import write_image
 
 from benchmarks.pipeline import completion_points, steady_rate
@@ -20,14 +18,7 @@ from pipeline.prompts.tasks import resolve_spec
 
 
 def test_bench_batching_prints_a_table_then_one_json_line(tmp_path: Path):
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "bench", "batching", "--quick", "--workdir", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = run_cli("bench", "batching", "--quick", "--workdir", str(tmp_path), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
     result = json.loads(lines[-1])
@@ -38,9 +29,7 @@ def test_bench_batching_prints_a_table_then_one_json_line(tmp_path: Path):
 
 
 def test_unknown_benchmark_is_refused():
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "bench", "nonsense"], cwd=REPO, capture_output=True, text=True, check=False
-    )
+    done = run_cli("bench", "nonsense")
     assert done.returncode == 2 and "nonsense" in done.stderr
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from cluster import free_port
+from conftest import run_cli
 
-from pipeline.errors import JobError
-from pipeline.runner import answers, cluster_started_here, connect_ray
+from pipeline.runner import answers, cluster_started_here
 
 
 def test_answers_only_where_something_listens() -> None:
@@ -47,12 +47,11 @@ def test_a_stale_record_of_a_killed_head_counts_as_no_cluster(monkeypatch: pytes
     assert cluster_started_here() is None
 
 
-def test_an_address_where_nothing_listens_fails_fast_naming_the_field(make_spec, tmp_path: Path) -> None:
-    import ray
-
-    if ray.is_initialized():
-        pytest.skip("this test process already holds a Ray connection")
+def test_an_address_where_nothing_listens_fails_at_once_naming_the_field(tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
-    spec = make_spec(tmp_path / "manifest.parquet", ray={"address": address})
-    with pytest.raises(JobError, match=rf"ray\.address: nothing answers at {address} .*ray\.address: local"):
-        connect_ray(spec)  # a probe, not Ray's minutes of retries
+    result = run_cli(
+        "run", "jobs/quickstart.yaml", "--set", f"output.path={tmp_path / 'out'}", "--set", f"ray.address={address}"
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.startswith(f"error: ray.address: nothing answers at {address} (waited 3 s).")
+    assert "ray.address: local" in result.stderr

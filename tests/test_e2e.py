@@ -3,14 +3,12 @@ head, and a job full of bad files."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
+from conftest import REPO, run_cli
 from media import (
     jpeg_bytes,
     truncated_copy,
@@ -45,17 +43,6 @@ def check_quickstart_output(out: Path) -> None:
         assert row["num_tiles"] == expected_tiles(REPO / "samples" / entry["uri"])
         assert row["model"] == "tiny-random" and row["task"] == "caption"
     assert (out / "_summary.json").exists()
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO, timeout: int = 600):
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def test_quickstart_via_cli(tmp_path: Path):

@@ -4,14 +4,11 @@ and `input.manifest` pointing straight at media."""
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
+from conftest import run_cli
 
 from pipeline.errors import JobError
 from pipeline.readers.listing import LISTING_FOLDER, list_media, plan_input, store_listing
@@ -65,17 +62,6 @@ def test_lists_a_local_folder(tmp_path: Path):
     assert all(Path(m.uri).is_file() for m in media)
     with pytest.raises(JobError, match="does not exist"):
         list_media(str(tmp_path / "nope"))
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_manifest_command_on_s3_with_endpoint_from_environment(s3, media_bucket):

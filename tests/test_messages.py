@@ -8,15 +8,12 @@ deliberate. One case also goes through the CLI: one line on stderr, exit status 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
+from conftest import run_cli
 
 from pipeline.errors import JobError
 from pipeline.runner import check_job
@@ -161,9 +158,7 @@ def test_cli_prints_one_line_and_exits_2(tmp_path: Path):
     manifest = tmp_path / "paths.parquet"
     pq.write_table(pa.table({"id": ["a"], "path": ["a.jpg"]}), manifest)
     job = write_job(tmp_path, "job.yaml", f"input:\n  manifest: {manifest}\noutput:\n  path: out\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "validate", str(job)], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    result = run_cli("validate", str(job), timeout=120)
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr == (
@@ -182,14 +177,8 @@ def test_unreachable_object_store_is_one_line_not_a_traceback(tmp_path: Path):
         f"input:\n  manifest: s3://bucket/manifest.parquet\nstorage:\n  endpoint_url: {endpoint}\n"
         "output:\n  path: out\n",
     )
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "validate", str(job)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_cli(
+        "validate", str(job), env={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}, timeout=120
     )
     assert result.returncode == 2
     assert result.stderr.startswith(

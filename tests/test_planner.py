@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
+from conftest import run_cli
 from media import write_image, write_manifest, write_png_header_only
 from PIL import Image
 
@@ -145,24 +143,10 @@ def test_plan_command(tmp_path: Path):
     manifest = write_manifest(tmp_path / "m.parquet", [{"id": f"r{i}", "uri": str(image)} for i in range(20)])
     job = tmp_path / "job.yaml"
     job.write_text(f"input:\n  manifest: {manifest}\noutput:\n  path: {tmp_path / 'out'}\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "plan", str(job), "--model", "InternVL3-8B", "--json"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = run_cli("plan", str(job), "--model", "InternVL3-8B", "--json", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     data = json.loads(done.stdout.strip().splitlines()[-1])
     assert data["manifest_rows"] == 20 and data["model"] == "InternVL3-8B" and data["device"] == "h100"
     assert data["device_hours_total"] > 0
-    unknown = subprocess.run(
-        [sys.executable, "-m", "pipeline", "plan", str(job), "--set", "model.name=acme/vlm"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    unknown = run_cli("plan", str(job), "--set", "model.name=acme/vlm", timeout=300)
     assert unknown.returncode == 2 and "--model" in unknown.stderr

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
+from conftest import run_cli
 from media import write_image, write_manifest
 from PIL import Image
 
@@ -169,10 +168,8 @@ def test_inspect_prints_counts_schema_and_rows(job_run):
 
 
 def test_inspect_cli(job_run):
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "pipeline", "inspect", *args], cwd=REPO, capture_output=True, text=True, timeout=120
-        )
+    def cli(*args: str):
+        return run_cli("inspect", *args, timeout=120)
 
     found = cli(str(job_run["out"]), "--id", "img1", "--json")
     assert found.returncode == 0, found.stderr

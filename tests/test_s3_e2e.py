@@ -7,8 +7,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO
+from conftest import run_cli
 from media import jpeg_bytes, noise_image
 from s3 import free_port
 
@@ -51,17 +49,6 @@ def png_bytes(width: int, height: int, seed: int) -> bytes:
     buffer = io.BytesIO()
     noise_image(width, height, seed).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def run_cli(*args: str, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -141,7 +128,7 @@ def test_round_trip_on_s3_with_endpoint_from_environment_only(s3, tmp_path: Path
         PIPELINE_CACHE_DIR=str(cache),
     )
     try:
-        result = run_cli("run", str(job), "--set", "ray.address=local", env=env)
+        result = run_cli("run", str(job), "--set", "ray.address=local", inherit=False, env=env)
         assert result.returncode == 0, result.stderr[-4000:]
         table = read_output(s3, results, "runs/first run/")
         by_id = {row["id"]: row for row in table.to_pylist()}
@@ -159,7 +146,7 @@ def test_round_trip_on_s3_with_endpoint_from_environment_only(s3, tmp_path: Path
         assert list(cache.glob("s3/*/checkpoint/model.safetensors")), "the checkpoint was cached locally"
 
         # A second run resumes from S3: nothing redone, nothing duplicated.
-        again = run_cli("run", str(job), "--set", "ray.address=local", env=env)
+        again = run_cli("run", str(job), "--set", "ray.address=local", inherit=False, env=env)
         assert again.returncode == 0, again.stderr[-4000:]
         assert "1 shard(s) already complete" in again.stderr
         assert read_output(s3, results, "runs/first run/").num_rows == len(rows)
@@ -214,7 +201,15 @@ def test_wrong_endpoint_fails_fast_before_any_work(s3, tmp_path: Path):
         tmp_path / "job.yaml",
         {"input": {"manifest": "s3://some-bucket/manifests/"}, "output": {"path": "s3://some-bucket/out"}},
     )
-    result = run_cli("run", str(job), "--set", "ray.address=local", env=clean_env(AWS_ENDPOINT_URL=closed), timeout=120)
+    result = run_cli(
+        "run",
+        str(job),
+        "--set",
+        "ray.address=local",
+        inherit=False,
+        env=clean_env(AWS_ENDPOINT_URL=closed),
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: input.manifest")
@@ -232,13 +227,13 @@ def test_missing_output_bucket_fails_fast_and_is_not_created(s3, tmp_path: Path)
         {"input": {"manifest": str(manifest)}, "output": {"path": "s3://e2e-typo-in-bucket/out"}},
     )
     env = clean_env(AWS_ENDPOINT_URL=s3.endpoint)
-    result = run_cli("run", str(job), "--set", "ray.address=local", env=env, timeout=120)
+    result = run_cli("run", str(job), "--set", "ray.address=local", inherit=False, env=env, timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: output.path: the bucket 'e2e-typo-in-bucket'")
     assert "does not exist" in result.stderr and "[pipeline] using" not in result.stderr
     assert "e2e-typo-in-bucket" not in s3.buckets()
     # The same check in `validate`.
-    checked = run_cli("validate", str(job), env=env, timeout=120)
+    checked = run_cli("validate", str(job), inherit=False, env=env, timeout=120)
     assert checked.returncode == 2 and "e2e-typo-in-bucket" in checked.stderr
 
 
@@ -249,6 +244,6 @@ def test_unreachable_media_store_fails_fast(s3, tmp_path: Path):
     manifest = write_manifest(tmp_path / "m.parquet", [{"id": "a", "uri": "s3://media-bucket/a.jpg"}])
     job = write_job(tmp_path / "job.yaml", {"input": {"manifest": str(manifest)}, "output": {"path": str(tmp_path)}})
     closed = f"http://127.0.0.1:{free_port()}"
-    result = run_cli("validate", str(job), env=clean_env(AWS_ENDPOINT_URL=closed), timeout=120)
+    result = run_cli("validate", str(job), inherit=False, env=clean_env(AWS_ENDPOINT_URL=closed), timeout=120)
     assert result.returncode == 2
     assert "the media of the manifest cannot be read" in result.stderr and "cannot reach" in result.stderr
