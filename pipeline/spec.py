@@ -240,6 +240,30 @@ class ModelSpec(StrictModel):
         description="Where built and downloaded models are cached; default ~/.cache/internvl-pipeline.",
     )
     cpus_per_replica: float = Field(default=1.0, gt=0, description="CPUs Ray reserves for each model actor (rank).")
+    cpu_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch threads of a replica that computes on a CPU. Null: OMP_NUM_THREADS of the "
+        "driver's environment when it is set, else one per core of the replica's node (torch's own default): "
+        "without a GPU the model is the bottleneck and the CPU workers need a fraction of a core, so the "
+        "replica shares every core with them rather than computing on the one CPU Ray reserves for it. Set it "
+        "to cores / replicas when several CPU replicas share a node.",
+    )
+    prefill: Literal["auto", "by_length", "padded"] = Field(
+        default="auto",
+        description="How a batch's prompts are prefilled. 'padded': one left-padded batch, as batch_chat does; "
+        "'by_length': rows of equal length together without padding, their caches then joined for batched "
+        "decoding (a padded prefill makes sdpa read a dense attention mask: 4x slower per row on a CPU); "
+        "'auto': padded with flash_attention_2, which drops the padding itself, else by_length. Answers are "
+        "the same either way. Language models with sliding-window layers are always prefilled padded.",
+    )
+    vision_batch_tiles: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most tiles the vision encoder takes at once; null = 16 on a CPU (about 10% faster per "
+        "tile there than 40 or more at once; same results), all of them on a GPU. Lower it to bound the "
+        "vision encoder's activation memory. Used with prefill by_length.",
+    )
     max_retries: int = Field(
         default=3,
         ge=0,

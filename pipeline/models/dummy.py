@@ -78,4 +78,4 @@ def load_dummy_engine(spec: ModelSpec, tensor_parallel: int = 1) -> Engine:
     runtime = runtime_for(spec)
     tokenizer = build_tokenizer()
     model = load_dummy_model(spec, load_kwargs(spec, runtime, tensor_parallel), tokenizer)
-    return HFEngine(model, tokenizer, name=spec.name)
+    return HFEngine(model, tokenizer, spec.name, spec.prefill, spec.vision_batch_tiles)

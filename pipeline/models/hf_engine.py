@@ -14,6 +14,7 @@ import numpy as np
 
 from pipeline.models.engine import EncodedRequest, Engine, GenerationOptions, GenerationResult, OutOfMemory
 from pipeline.models.normalise import normalise_tiles
+from pipeline.models.prefill import CPU_VISION_BATCH_TILES, has_sliding_layers, prefill_by_length
 from pipeline.prompts.template import STOP_TOKEN
 
 # Test hook (not a mock): raise a real OutOfMemory for batches of more rows than this, so
@@ -24,7 +25,14 @@ FAULT_OOM_ENV = "PIPELINE_FAULT_OOM_ABOVE_ROWS"
 class HFEngine(Engine):
     """One InternVL replica in this process (a whole model on one device)."""
 
-    def __init__(self, model: Any, tokenizer: Any, name: str) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        name: str,
+        prefill: str = "auto",
+        vision_batch_tiles: int | None = None,
+    ) -> None:
         import torch
 
         self.model = model
@@ -39,6 +47,9 @@ class HFEngine(Engine):
         self.vocab_size = int(text_config.vocab_size)
         self._torch = torch
         self._grammars: dict[str, Any] = {}
+        self.prefill_by_length = choose_prefill(prefill, model) == "by_length"
+        on_cpu = self.device.type == "cpu"
+        self.vision_batch_tiles = vision_batch_tiles or (CPU_VISION_BATCH_TILES if on_cpu else None)
 
     def encode(self, prompts: list[str]) -> list[list[int]]:
         """Token ids of each full prompt string."""
@@ -95,9 +106,19 @@ class HFEngine(Engine):
         kwargs = self._generation_kwargs(options, len(batch))
         try:
             with torch.inference_mode():
+                if self.prefill_by_length and min(r.num_tokens for r in batch) > 1:
+                    kwargs["past_key_values"] = prefill_by_length(
+                        self.model,
+                        inputs["input_ids"],
+                        inputs.pop("pixel_values", None),
+                        [0 if r.tiles is None else len(r.tiles) for r in batch],
+                        [r.num_tokens for r in batch],
+                        options.max_new_tokens,
+                        self.vision_batch_tiles,
+                    )
                 output = self.model.generate(**inputs, **kwargs)
         except torch.OutOfMemoryError as error:
-            del inputs
+            del inputs, kwargs
             torch.cuda.empty_cache()
             raise OutOfMemory(str(error).splitlines()[0]) from None
         new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
@@ -125,3 +146,15 @@ class HFEngine(Engine):
         self.model = None
         if self._torch.cuda.is_available():
             self._torch.cuda.empty_cache()
+
+
+def choose_prefill(prefill: str, model: Any) -> str:
+    """'by_length' or 'padded' for model.prefill: 'auto' is padded where flash_attention_2 drops the
+    padding itself, by_length otherwise; language models with sliding-window layers are always
+    prefilled padded (their caches keep only a window, which joining caches does not handle)."""
+    if has_sliding_layers(model):
+        return "padded"
+    if prefill != "auto":
+        return prefill
+    attention = str(getattr(model.config, "_attn_implementation", "") or "")
+    return "padded" if attention.startswith("flash_attention") else "by_length"
