@@ -13,7 +13,6 @@ stage that needs them.
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, cast
@@ -100,23 +99,11 @@ def release_model_stage_resources() -> None:
 
 def model_stage_spec(spec: JobSpec, resources: StageResources) -> JobSpec:
     """The spec the model stage sees: 'auto' device resolved as the driver decided, so that a
-    replica (or a gang's ranks, in their bundles) runs on what Ray reserved for it; and a CPU
-    replica's thread count, which only the driver can take from OMP_NUM_THREADS (Ray sets that
-    variable in every actor to the actor's CPU reservation)."""
-    update: dict[str, Any] = {}
-    if spec.model.device == "auto":
-        update["device"] = "cuda" if resources.use_gpu else "cpu"
-    if not resources.use_gpu and spec.model.cpu_threads is None:
-        update["cpu_threads"] = cpu_threads_from_environment()  # None: the replica's node's cores
-    if not update:
+    replica (or a gang's ranks, in their bundles) runs on what Ray reserved for it."""
+    if spec.model.device != "auto":
         return spec
-    return spec.model_copy(update={"model": spec.model.model_copy(update=update)})
-
-
-def cpu_threads_from_environment() -> int | None:
-    """OMP_NUM_THREADS of this process's environment, when it is a positive whole number."""
-    value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else None
+    device = "cuda" if resources.use_gpu else "cpu"
+    return spec.model_copy(update={"model": spec.model.model_copy(update={"device": device})})
 
 
 WINDOW_BATCHES = 8  # default window: this many micro-batches (see pipeline/actors/batching.py)

@@ -240,15 +240,6 @@ class ModelSpec(StrictModel):
         description="Where built and downloaded models are cached; default ~/.cache/internvl-pipeline.",
     )
     cpus_per_replica: float = Field(default=1.0, gt=0, description="CPUs Ray reserves for each model actor (rank).")
-    cpu_threads: int | None = Field(
-        default=None,
-        ge=1,
-        description="torch threads of a replica that computes on a CPU. Null: OMP_NUM_THREADS of the "
-        "driver's environment when it is set, else one per core of the replica's node (torch's own default): "
-        "without a GPU the model is the bottleneck and the CPU workers need a fraction of a core, so the "
-        "replica shares every core with them rather than computing on the one CPU Ray reserves for it. Set it "
-        "to cores / replicas when several CPU replicas share a node.",
-    )
     prefill: Literal["auto", "by_length", "padded"] = Field(
         default="auto",
         description="How a batch's prompts are prefilled. 'padded': one left-padded batch, as batch_chat does; "

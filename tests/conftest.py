@@ -18,10 +18,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# The suite runs in several processes at once (pytest-xdist): each CPU replica it starts computes on one
-# thread (model.cpu_threads resolves to OMP_NUM_THREADS) instead of one per core, so that they do not
-# fight over the cores. Set before torch is imported anywhere in the test process.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def run_cli(

@@ -254,11 +254,8 @@ class GenerateStage:
 
     def __init__(self, spec: JobSpec, ledger: Any | None = None) -> None:
         from pipeline.actors.guard import StageGuard
-        from pipeline.models.loading import use_cpu_threads
         from pipeline.models.replica import load_replica
 
-        if spec.model.tensor_parallel == 1:
-            use_cpu_threads(spec.model)
         self.generator = Generator(spec, load_replica(spec))
         self.replica = replica_name()
         self.guard = StageGuard("generate", self.generator, self.failed, ledger, spec.model.max_retries)

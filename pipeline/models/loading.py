@@ -175,25 +175,6 @@ def resolve_checkpoint(spec: ModelSpec, storage: StorageSpec | None) -> str:
     return name
 
 
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def use_cpu_threads(spec: ModelSpec, ranks_per_node: int = 1) -> None:
-    """Give a CPU replica (or each of a gang's CPU ranks) its torch threads: `model.cpu_threads`, else
-    the node's cores shared among the ranks. Called in model actors only: Ray set OMP_NUM_THREADS
-    there to the actor's CPU reservation, which is not what a CPU replica should compute on."""
-    if runtime_for(spec).device != "cpu":
-        return
-    import torch
-
-    torch.set_num_threads(spec.cpu_threads or max(1, available_cores() // ranks_per_node))
-
-
 def load_engine(spec: ModelSpec, storage: StorageSpec | None = None, tensor_parallel: int = 1) -> Engine:
     """Load the replica `model.*` describes in this process (or, with tensor_parallel > 1, this
     process's rank of it: the gang has set up torch.distributed already)."""

@@ -85,20 +85,24 @@ def prefill_by_length(
     cache holding width - 1 positions per row (a static one, sized for the answer, so that
     decoding does not copy the whole cache at every step), ready for `generate`.
     """
+    import torch
     from transformers import DynamicCache, StaticCache
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     batch, width = input_ids.shape
     slices = tile_slices(tile_counts)
+    features = None
+    if pixel_values is not None and len(pixel_values):
+        # The whole batch's tiles in order, in slices that are views: no copy of the pixel values.
+        features = image_features(model, pixel_values, vision_batch_tiles)
     keys: list[Any] = []
     values: list[Any] = []
     for length, rows in length_groups(lengths).items():
         extra: dict[str, Any] = {}
-        group_tiles = [slices[row] for row in rows if tile_counts[row]]
-        if pixel_values is not None and group_tiles:
-            tiles = pixel_values[group_tiles[0]] if len(group_tiles) == 1 else _stack(pixel_values, group_tiles)
-            features = image_features(model, tiles, vision_batch_tiles)
-            extra["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+        tiles = [index for row in rows for index in range(slices[row].start, slices[row].stop)]
+        if features is not None and tiles:
+            group_features = features[torch.tensor(tiles, device=features.device)]
+            extra["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=group_features)}
         output = model.model(
             input_ids=input_ids[rows, width - length : width - 1],
             past_key_values=DynamicCache(config=model.config),
@@ -117,9 +121,3 @@ def prefill_by_length(
     for layer, (layer_keys, layer_values) in zip(cache.layers, zip(keys, values, strict=True), strict=True):
         layer.update(layer_keys, layer_values)
     return cache
-
-
-def _stack(pixel_values: Any, parts: list[slice]) -> Any:
-    import torch
-
-    return torch.cat([pixel_values[part] for part in parts])

@@ -175,9 +175,8 @@ class RankWorker:
         import torch
         import torch.distributed as dist
 
-        from pipeline.models.loading import load_engine, use_cpu_threads
+        from pipeline.models.loading import load_engine
 
-        use_cpu_threads(spec, ranks_per_node=self.world_size)
         if use_gpu:
             torch.cuda.set_device(local_rank)  # before NCCL creates its communicator on "the current device"
         dist.init_process_group(
