@@ -2,7 +2,8 @@
 
 Part 1 - CPU workers. The whole pipeline with the no-model engine (so the CPU stage is
 the bottleneck) on the generated image corpus, with `preprocess.workers` 1 and 2,
-interleaved; steady-state rows/s (as in `bench pipeline`). On a 2-core machine the
+interleaved; steady-state rows/s from the output's write times, first write burst to last
+(the CPU stage is the bottleneck, so rows are written as it prepares them). On a 2-core machine the
 driver, Ray and the no-model replica share the cores with the workers, so 2 workers
 cannot reach 2x here; the figure says how close they get.
 

@@ -28,6 +28,24 @@ def test_bench_batching_prints_a_table_then_one_json_line(tmp_path: Path):
     assert json.loads((tmp_path / "bench-batching.json").read_text())["name"] == "batching"
 
 
+def test_bench_prefill_answers_the_same_either_way(tmp_path: Path):
+    done = run_cli("bench", "prefill", "--quick", "--workdir", str(tmp_path), timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["name"] == "prefill"
+    assert result["answers_identical"] == f"{result['rows']}/{result['rows']}"
+    assert 0 < result["padding_fraction"] < 1  # the batches mix prompt lengths: the padded path takes masks
+
+
+def test_pipeline_steady_rates_cancel_start_up():
+    from benchmarks.pipeline import differential_rate, second_half_rate
+
+    assert differential_rate({"rows": 128, "wall_s": 50.0}, {"rows": 256, "wall_s": 82.0}) == 128 / 32
+    assert differential_rate({"rows": 128, "wall_s": 50.0}, {"rows": 256, "wall_s": 49.0}) == 0.0
+    assert second_half_rate([10.0, 11.0, 12.0, 14.0]) == 2 / 3
+    assert second_half_rate([5.0]) == 0.0
+
+
 def test_unknown_benchmark_is_refused():
     done = run_cli("bench", "nonsense")
     assert done.returncode == 2 and "nonsense" in done.stderr
