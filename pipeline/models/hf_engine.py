@@ -2,7 +2,9 @@
 
 Prompts are padded on the left, tiles are normalised on the model's device (they travel
 as uint8), generation stops at `<|im_end|>`, and answers are cut at the first stop token,
-decoded without special tokens and stripped - as the reference does.
+decoded without special tokens and stripped - as the reference does. Unless flash-attn
+handles the padding, the prompts are prefilled by length without padding first (see
+`pipeline.models.prefill`); the answers are the same.
 """
 
 from __future__ import annotations

@@ -118,6 +118,6 @@ def prefill_by_length(
             values[index][rows, :, width - length :] = layer.values
         del output
     cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
-    for layer, (layer_keys, layer_values) in zip(cache.layers, zip(keys, values, strict=True), strict=True):
-        layer.update(layer_keys, layer_values)
+    for index, (layer_keys, layer_values) in enumerate(zip(keys, values, strict=True)):
+        cache.update(layer_keys, layer_values, index)
     return cache
