@@ -141,7 +141,9 @@ def build_dataset(
         batch_format="numpy",
         num_cpus=0.25,
         **remote_args,
-    )
+    ).repartition(target_num_rows_per_block=spec.preprocess.batch_size)
+    # Ray Data hands each block to one CPU actor: without the repartition a shard (up to
+    # input.rows_per_shard rows) was one block, preprocessed by one worker while the rest idled.
     prepared = rows.map_batches(
         PreprocessStage,
         fn_constructor_kwargs={"spec": spec, "ledger": ledger},
