@@ -2,8 +2,8 @@
 
 Part 1 - CPU workers. The whole pipeline with the no-model engine (so the CPU stage is
 the bottleneck) on the generated image corpus, with `preprocess.workers` 1 and 2,
-interleaved; steady-state rows/s from the output's write times, first write burst to last
-(the CPU stage is the bottleneck, so rows are written as it prepares them). On a 2-core machine the
+interleaved; steady-state rows/s from runs of N/2 and N rows (the extra rows over the extra
+wall time, as in `bench pipeline`). On a 2-core machine the
 driver, Ray and the no-model replica share the cores with the workers, so 2 workers
 cannot reach 2x here; the figure says how close they get.
 
@@ -35,7 +35,7 @@ import yaml
 
 from benchmarks.common import BenchOptions, machine, median, ratio, say, table
 from benchmarks.corpus import PREPROCESS_RECIPES, build_corpus
-from benchmarks.pipeline import job_file, run_pipeline, write_manifest
+from benchmarks.pipeline import differential_rate, job_file, run_pipeline, write_manifest
 
 SIZES = (10_000, 1_000_000)
 ROWS_PER_SHARD = 10_000
@@ -177,18 +177,28 @@ def run(options: BenchOptions) -> dict[str, Any]:
 
     # Part 1: CPU workers.
     corpus = build_corpus(options.workdir, PREPROCESS_RECIPES[:3] if options.quick else PREPROCESS_RECIPES)
-    rows = 48 if options.quick else 192
-    manifest = write_manifest(folder, [image.path for image in corpus], rows)
+    rows = 48 if options.quick else 384
+    paths = [image.path for image in corpus]
+    manifests = {size: write_manifest(folder, paths, size) for size in (rows // 2, rows)}
     jobs = {
-        workers: job_file(folder / f"workers-{workers}", manifest, "none", {"preprocess": {"workers": workers}})
+        (workers, size): job_file(
+            folder / f"workers-{workers}" / str(size), manifest, "none", {"preprocess": {"workers": workers}}
+        )
         for workers in (1, 2)
+        for size, manifest in manifests.items()
     }
     runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
-    say(f"part 1: {rows} image rows, no-model engine, 1 and 2 CPU workers, {reps} interleaved repetition(s)")
+    say(
+        f"part 1: {rows} image rows (and the first {rows // 2}: steady rate from the difference, as in "
+        f"`bench pipeline`), no-model engine, 1 and 2 CPU workers, {reps} interleaved repetition(s)"
+    )
     for rep in range(reps):
         for workers in (1, 2) if rep % 2 == 0 else (2, 1):
-            result = run_pipeline(jobs[workers], env, 3600)
+            short = run_pipeline(jobs[workers, rows // 2], env, 3600)
+            result = run_pipeline(jobs[workers, rows], env, 3600)
             result.pop("texts")
+            result["short_wall_s"] = short["wall_s"]
+            result["steady_rows_per_s"] = differential_rate(short, result)
             runs[workers].append(result)
             say(f"  rep {rep + 1}, {workers} worker(s): steady {result['steady_rows_per_s']:.2f} rows/s")
     rates = {w: median([r["steady_rows_per_s"] for r in runs[w]]) for w in (1, 2)}

@@ -141,9 +141,11 @@ def build_dataset(
         batch_format="numpy",
         num_cpus=0.25,
         **remote_args,
-    ).repartition(target_num_rows_per_block=spec.preprocess.batch_size)
-    # Ray Data hands each block to one CPU actor: without the repartition a shard (up to
-    # input.rows_per_shard rows) was one block, preprocessed by one worker while the rest idled.
+    )
+    if spec.preprocess.workers > 1:
+        # Ray Data hands each block to one CPU actor: unsplit, a shard (up to input.rows_per_shard
+        # rows) was one block, preprocessed by one worker while the others idled.
+        rows = rows.repartition(target_num_rows_per_block=spec.preprocess.batch_size)
     prepared = rows.map_batches(
         PreprocessStage,
         fn_constructor_kwargs={"spec": spec, "ledger": ledger},
