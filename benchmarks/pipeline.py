@@ -83,29 +83,6 @@ def job_file(folder: Path, manifest: Path, model: str, overrides: dict[str, Any]
     return path
 
 
-def steady_rate(points: list[tuple[float, int]]) -> float:
-    """Rows/s between the first result and the last: (rows at end - rows at first) / elapsed."""
-    points = [p for p in points if p[1] > 0]
-    if len(points) < 2 or points[-1][0] <= points[0][0]:
-        return 0.0
-    return (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
-
-
-def completion_points(stamps: list[float]) -> list[tuple[float, int]]:
-    """(time, rows written so far) at each distinct write time, from the rows' `completed_at`.
-
-    The output's own timestamps, not the driver's progress series: the driver may receive
-    the write statistics later than the files are written.
-    """
-    points: list[tuple[float, int]] = []
-    for count, stamp in enumerate(sorted(stamps), start=1):
-        if points and stamp - points[-1][0] < 0.5:  # one write burst
-            points[-1] = (points[-1][0], count)
-        else:
-            points.append((stamp, count))
-    return points
-
-
 def run_pipeline(job: Path, env: dict[str, str], timeout: float) -> dict[str, Any]:
     """One `python -m pipeline run` in its own process; its summary, wall time and answers."""
     spec = yaml.safe_load(job.read_text())
@@ -125,12 +102,10 @@ def run_pipeline(job: Path, env: dict[str, str], timeout: float) -> dict[str, An
     summary = json.loads((output / "_summary.json").read_text())
     import pyarrow.parquet as pq
 
-    table = pq.read_table(output, columns=["id", "text", "error", "completed_at"])
+    table = pq.read_table(output, columns=["id", "text"])
     texts = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True))
-    points = completion_points([stamp.timestamp() for stamp in table.column("completed_at").to_pylist()])
     return {
         "wall_s": wall,
-        "steady_rows_per_s": steady_rate(points),
         "rows": summary["rows_done"],
         "errors": summary["rows_with_errors"],
         "texts": texts,

@@ -244,7 +244,7 @@ class ModelSpec(StrictModel):
         default="auto",
         description="How a batch's prompts are prefilled. 'padded': one left-padded batch, as batch_chat does; "
         "'by_length': rows of equal length together without padding, their caches then joined for batched "
-        "decoding (a padded prefill makes sdpa read a dense attention mask: 4x slower per row on a CPU); "
+        "decoding (a padded prefill makes sdpa build and read a dense attention mask at every layer); "
         "'auto': padded with flash_attention_2, which drops the padding itself, else by_length. Answers are "
         "the same either way. Language models with sliding-window layers are always prefilled padded.",
     )

@@ -10,7 +10,6 @@ import numpy as np
 from conftest import run_cli
 from media import write_image
 
-from benchmarks.pipeline import completion_points, steady_rate
 from benchmarks.reference import load_image, reference_tiles
 from pipeline.actors.preprocess import Preprocessor
 from pipeline.models.normalise import normalise_tiles
@@ -49,13 +48,6 @@ def test_pipeline_steady_rates_cancel_start_up():
 def test_unknown_benchmark_is_refused():
     done = run_cli("bench", "nonsense")
     assert done.returncode == 2 and "nonsense" in done.stderr
-
-
-def test_steady_rate_excludes_start_up_and_merges_write_bursts():
-    points = completion_points([100.0, 100.1, 100.2, 110.0, 110.3, 120.0])
-    assert points == [(100.0, 3), (110.0, 5), (120.0, 6)]
-    assert steady_rate(points) == (6 - 3) / 20
-    assert steady_rate([(5.0, 10)]) == 0.0
 
 
 def test_model_card_baseline_is_what_the_stage_reproduces(tmp_path: Path, make_spec):
