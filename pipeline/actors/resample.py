@@ -10,8 +10,9 @@ very same integers with loops a compiler vectorises:
   `normalize_coeffs_8bpc` compute them (the same double-precision operations in the same
   order), so every weight is the same int32;
 - the vertical pass sums whole rows times a scalar weight (SIMD along the row); the
-  horizontal pass does the same on strips of 64 rows transposed into a buffer that stays
-  in the CPU cache (SIMD along the strip's height);
+  horizontal pass does the same on strips of 64 rows transposed into a buffer (SIMD along
+  the strip's height), its results gathered transposed too and copied back a strip at a
+  time (the transposes now cost more than the arithmetic);
 - sums, rounding (`+ 2^21`, arithmetic shift by 22) and clipping are Pillow's, in int32,
   and the two passes run in Pillow's order (which changed in Pillow 13, see
   `pillow_runs_horizontal_first`).

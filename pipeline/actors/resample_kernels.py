@@ -53,40 +53,74 @@ def cut_tiles(pixels: np.ndarray, tiles: np.ndarray, first: int, cols: int) -> N
                 target[x, 2] = source[y, base + 4 * x + 2]
 
 
+STRIP = 64  # rows per strip of the horizontal pass: 256 int32 lanes (64 RGBX pixels)
+
+
+@numba.njit(cache=True, nogil=True)
+def _weighted_column(
+    block_bytes: np.ndarray, first: int, taps: int, weights: np.ndarray, target: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """One output column of a full strip: target = clip((sum_t weights[t] * block[first + t] + 2^21) >> 22).
+
+    The lane count is a constant (a full strip), so the compiler unrolls and vectorises the
+    lane loop completely; partial strips take the general loop in `resample_columns`.
+    """
+    acc = np.empty(STRIP * 4, dtype=np.int32)
+    for i in range(STRIP * 4):
+        acc[i] = 1 << 21
+    for t in range(taps):
+        k = weights[t]
+        column = block_bytes[first + t]
+        for i in range(STRIP * 4):
+            acc[i] += np.int32(column[i]) * k
+    for i in range(STRIP * 4):
+        v = acc[i] >> 22
+        target[i] = 0 if v < 0 else (255 if v > 255 else v)
+
+
 @numba.njit(cache=True, nogil=True)
 def resample_columns(
     src: np.ndarray, starts: np.ndarray, taps: np.ndarray, weights: np.ndarray, out: np.ndarray
 ) -> None:  # pragma: no cover - compiled
     """The horizontal pass: (H, W) uint32 RGBX pixels -> (H, Wo), Pillow's arithmetic.
 
-    Works on strips of rows: a strip is transposed into a small buffer that stays in the
-    CPU cache, so that each output column is a weighted sum of whole buffer rows (the same
-    vectorised loop as `resample_rows`), then written back in place.
+    Works on strips of rows: a strip is transposed into a buffer so that each output column
+    is a weighted sum of whole buffer rows (the same vectorised loop as `resample_rows`).
+    The results are written to a transposed buffer too, whose rows are contiguous (so the
+    rounding and clipping vectorise as well), and copied back a strip at a time: writing
+    each result straight into the output touched a different output row for every pixel.
     """
     height, width = src.shape
     out_width = out.shape[1]
-    strip = 64
-    block = np.empty((width, strip), dtype=np.uint32)
+    block = np.empty((width, STRIP), dtype=np.uint32)
     block_bytes = block.view(np.uint8)
-    acc = np.empty(strip * 4, dtype=np.int32)
-    out_bytes = out.view(np.uint8)
-    for y0 in range(0, height, strip):
-        rows = min(strip, height - y0)
+    result = np.empty((out_width, STRIP), dtype=np.uint32)
+    result_bytes = result.view(np.uint8)
+    acc = np.empty(STRIP * 4, dtype=np.int32)
+    for y0 in range(0, height, STRIP):
+        rows = min(STRIP, height - y0)
         lanes = rows * 4
         for j in range(rows):
             line = src[y0 + j]
             for x in range(width):
                 block[x, j] = line[x]
-        for o in range(out_width):
-            acc[:lanes] = 1 << 21
-            first = starts[o]
-            for t in range(taps[o]):
-                k = weights[o, t]
-                column = block_bytes[first + t]
+        if rows == STRIP:
+            for o in range(out_width):
+                _weighted_column(block_bytes, starts[o], taps[o], weights[o], result_bytes[o])
+        else:
+            for o in range(out_width):
+                acc[:lanes] = 1 << 21
+                first = starts[o]
+                for t in range(taps[o]):
+                    k = weights[o, t]
+                    column = block_bytes[first + t]
+                    for i in range(lanes):
+                        acc[i] += np.int32(column[i]) * k
+                target = result_bytes[o]
                 for i in range(lanes):
-                    acc[i] += np.int32(column[i]) * k
-            for j in range(rows):
-                target = out_bytes[y0 + j]
-                for c in range(4):
-                    v = acc[j * 4 + c] >> 22
-                    target[o * 4 + c] = 0 if v < 0 else (255 if v > 255 else v)
+                    v = acc[i] >> 22
+                    target[i] = 0 if v < 0 else (255 if v > 255 else v)
+        for j in range(rows):
+            line = out[y0 + j]
+            for o in range(out_width):
+                line[o] = result[o, j]
