@@ -155,21 +155,42 @@ def _vertical(pixels: np.ndarray, out_height: int) -> np.ndarray:
 
 def _horizontal(pixels: np.ndarray, out_width: int) -> np.ndarray:
     """Pillow's horizontal pass on (H, W) uint32 RGBX pixels."""
+    return _horizontal_many(pixels, [out_width])[0]
+
+
+def _horizontal_many(pixels: np.ndarray, out_widths: list[int]) -> list[np.ndarray]:
+    """Pillow's horizontal pass to each width; two widths at a time share the strips'
+    transposes (a grid and its thumbnail are both resized from the same pixels)."""
     height, width = pixels.shape
-    starts, taps, weights = bicubic_coefficients(width, out_width)
-    out = np.empty((height, out_width), dtype=np.uint32)
-    _kernels.resample_columns(np.ascontiguousarray(pixels), starts, taps, weights, out)
-    return out
+    source = np.ascontiguousarray(pixels)
+    outs = [np.empty((height, out_width), dtype=np.uint32) for out_width in out_widths]
+    coefficients = [bicubic_coefficients(width, out_width) for out_width in out_widths]
+    for index in range(0, len(outs), 2):
+        if index + 1 < len(outs):
+            _kernels.resample_columns_twice(
+                source, *coefficients[index], outs[index], *coefficients[index + 1], outs[index + 1]
+            )
+        else:
+            _kernels.resample_columns(source, *coefficients[index], outs[index])
+    return outs
 
 
-def _resize_pixels(pixels: np.ndarray, out_width: int, out_height: int) -> np.ndarray:
-    """One Pillow-exact resize of (H, W) RGBX pixels: Pillow's passes, in Pillow's order."""
+def _starts_horizontal(width: int, height: int, out_width: int, out_height: int) -> bool:
+    """Whether Pillow's resize to this size begins with a horizontal pass."""
+    return out_width != width and pillow_runs_horizontal_first(width, height, out_width, out_height)
+
+
+def _resize_pixels(
+    pixels: np.ndarray, out_width: int, out_height: int, widened: np.ndarray | None = None
+) -> np.ndarray:
+    """One Pillow-exact resize of (H, W) RGBX pixels: Pillow's passes, in Pillow's order.
+    `widened`: the horizontal first pass, when it was computed already."""
     height, width = pixels.shape
     need_horizontal, need_vertical = out_width != width, out_height != height
     if not need_horizontal and not need_vertical:
         return pixels.copy()
-    if pillow_runs_horizontal_first(width, height, out_width, out_height):
-        current = _horizontal(pixels, out_width) if need_horizontal else pixels
+    if _starts_horizontal(width, height, out_width, out_height):
+        current = widened if widened is not None else _horizontal(pixels, out_width)
         return _vertical(current, out_height) if need_vertical else current
     current = _vertical(pixels, out_height) if need_vertical else pixels
     return _horizontal(current, out_width) if need_horizontal else current
@@ -187,7 +208,10 @@ def resize_rgbx(image: Image.Image, sizes: list[tuple[int, int]]) -> list[np.nda
     if image.mode != "RGB" or not _compile():
         return None
     pixels = rgbx_pixels(image)
-    return [_resize_pixels(pixels, width, height) for width, height in sizes]
+    height, width = pixels.shape
+    first = [index for index, size in enumerate(sizes) if _starts_horizontal(width, height, *size)]
+    widened = dict(zip(first, _horizontal_many(pixels, [sizes[index][0] for index in first]), strict=True))
+    return [_resize_pixels(pixels, *size, widened.get(index)) for index, size in enumerate(sizes)]
 
 
 def rgb_view(pixels: np.ndarray) -> np.ndarray:

@@ -79,6 +79,55 @@ def _weighted_column(
 
 
 @numba.njit(cache=True, nogil=True)
+def _strip_columns(
+    block_bytes: np.ndarray,
+    rows: int,
+    starts: np.ndarray,
+    taps: np.ndarray,
+    weights: np.ndarray,
+    result: np.ndarray,
+    acc: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """Every output column of one transposed strip of `rows` rows, into `result` (Wo, STRIP)."""
+    result_bytes = result.view(np.uint8)
+    if rows == STRIP:
+        for o in range(result.shape[0]):
+            _weighted_column(block_bytes, starts[o], taps[o], weights[o], result_bytes[o])
+        return
+    lanes = rows * 4
+    for o in range(result.shape[0]):
+        acc[:lanes] = 1 << 21
+        first = starts[o]
+        for t in range(taps[o]):
+            k = weights[o, t]
+            column = block_bytes[first + t]
+            for i in range(lanes):
+                acc[i] += np.int32(column[i]) * k
+        target = result_bytes[o]
+        for i in range(lanes):
+            v = acc[i] >> 22
+            target[i] = 0 if v < 0 else (255 if v > 255 else v)
+
+
+@numba.njit(cache=True, nogil=True)
+def _transpose_strip(src: np.ndarray, y0: int, rows: int, block: np.ndarray) -> None:  # pragma: no cover
+    """block[x, j] = src[y0 + j, x]: a strip of rows, transposed."""
+    for j in range(rows):
+        line = src[y0 + j]
+        for x in range(src.shape[1]):
+            block[x, j] = line[x]
+
+
+@numba.njit(cache=True, nogil=True)
+def _copy_back(result: np.ndarray, out: np.ndarray, y0: int, rows: int) -> None:  # pragma: no cover
+    """out[y0 + j, o] = result[o, j]: a strip's results, transposed back."""
+    for j in range(rows):
+        line = out[y0 + j]
+        for o in range(out.shape[1]):
+            line[o] = result[o, j]
+
+
+@numba.njit(cache=True, nogil=True)
 def resample_columns(
     src: np.ndarray, starts: np.ndarray, taps: np.ndarray, weights: np.ndarray, out: np.ndarray
 ) -> None:  # pragma: no cover - compiled
@@ -91,36 +140,39 @@ def resample_columns(
     each result straight into the output touched a different output row for every pixel.
     """
     height, width = src.shape
-    out_width = out.shape[1]
     block = np.empty((width, STRIP), dtype=np.uint32)
-    block_bytes = block.view(np.uint8)
-    result = np.empty((out_width, STRIP), dtype=np.uint32)
-    result_bytes = result.view(np.uint8)
+    result = np.empty((out.shape[1], STRIP), dtype=np.uint32)
     acc = np.empty(STRIP * 4, dtype=np.int32)
     for y0 in range(0, height, STRIP):
         rows = min(STRIP, height - y0)
-        lanes = rows * 4
-        for j in range(rows):
-            line = src[y0 + j]
-            for x in range(width):
-                block[x, j] = line[x]
-        if rows == STRIP:
-            for o in range(out_width):
-                _weighted_column(block_bytes, starts[o], taps[o], weights[o], result_bytes[o])
-        else:
-            for o in range(out_width):
-                acc[:lanes] = 1 << 21
-                first = starts[o]
-                for t in range(taps[o]):
-                    k = weights[o, t]
-                    column = block_bytes[first + t]
-                    for i in range(lanes):
-                        acc[i] += np.int32(column[i]) * k
-                target = result_bytes[o]
-                for i in range(lanes):
-                    v = acc[i] >> 22
-                    target[i] = 0 if v < 0 else (255 if v > 255 else v)
-        for j in range(rows):
-            line = out[y0 + j]
-            for o in range(out_width):
-                line[o] = result[o, j]
+        _transpose_strip(src, y0, rows, block)
+        _strip_columns(block.view(np.uint8), rows, starts, taps, weights, result, acc)
+        _copy_back(result, out, y0, rows)
+
+
+@numba.njit(cache=True, nogil=True)
+def resample_columns_twice(
+    src: np.ndarray,
+    starts: np.ndarray,
+    taps: np.ndarray,
+    weights: np.ndarray,
+    out: np.ndarray,
+    starts2: np.ndarray,
+    taps2: np.ndarray,
+    weights2: np.ndarray,
+    out2: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """`resample_columns` to two widths at once (a grid and its thumbnail): each strip is
+    transposed once for both, and the transpose costs more than either set of sums."""
+    height, width = src.shape
+    block = np.empty((width, STRIP), dtype=np.uint32)
+    result = np.empty((out.shape[1], STRIP), dtype=np.uint32)
+    result2 = np.empty((out2.shape[1], STRIP), dtype=np.uint32)
+    acc = np.empty(STRIP * 4, dtype=np.int32)
+    for y0 in range(0, height, STRIP):
+        rows = min(STRIP, height - y0)
+        _transpose_strip(src, y0, rows, block)
+        _strip_columns(block.view(np.uint8), rows, starts, taps, weights, result, acc)
+        _copy_back(result, out, y0, rows)
+        _strip_columns(block.view(np.uint8), rows, starts2, taps2, weights2, result2, acc)
+        _copy_back(result2, out2, y0, rows)
