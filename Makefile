@@ -28,7 +28,7 @@ quickstart: install
 test: install
 	$(BIN)/ruff check pipeline tests benchmarks
 	$(BIN)/ruff format --check pipeline tests benchmarks
-	$(BIN)/mypy pipeline
+	$(BIN)/mypy pipeline benchmarks
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=15
 
 lint: install

@@ -12,11 +12,15 @@ Same rows (generated photos, portrait shots and scans, max_tiles 12), same model
   `model.replicas` = the core count (each replica computes on the one CPU it reserves) and
   one CPU worker;
 - `no-model`: the same pipeline with `model.name: none` (an engine that answers nothing
-  but still tokenizes): the pipeline's own ceiling on this machine.
+  but still tokenizes): the pipeline's own ceiling on this machine;
+- `per-core bound`: no Ray: one process per core (`benchmarks.per_core`), each preparing
+  and answering its share of the rows with the pipeline's CPU-stage and model-stage code,
+  torch on one thread. No pipeline of these stages can beat it on this machine, so it
+  tells how much of the 2x target the machine allows and how close the pipeline comes.
 
 Steady state, the same rule for every contender: the rate at which the second half of a
 run's rows is done, start-up excluded. For the script, its per-row times (rows N/2 to N).
-The pipeline answers rows in windows of 64 and its CPU stage runs ahead of the model, so
+The pipeline (and the per-core bound) answers rows in windows of 64 and its CPU stage runs ahead of the model, so
 the times of its own output would flatter it (the last windows run with nothing else
 competing for the cores); it is run twice, on the first N/2 rows and on all N, and the
 steady rate is (N - N/2) / (difference of the wall times): start-up, the first window's
@@ -135,6 +139,33 @@ def run_sequential(manifest: Path, folder: Path, env: dict[str, str], timeout: f
     }
 
 
+def run_per_core(manifest: Path, folder: Path, env: dict[str, str], timeout: float, cores: int) -> dict[str, Any]:
+    """The per-core bound: `cores` processes of `benchmarks.per_core` at once; done when all are."""
+    started = time.perf_counter()
+    outs = [folder / f"per-core-{worker}.json" for worker in range(cores)]
+    settings = [str(cores), str(MAX_TILES), str(MAX_NEW_TOKENS)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.per_core", str(manifest), str(out), str(worker), *settings],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for worker, out in enumerate(outs)
+    ]
+    for process in processes:
+        _, errors = process.communicate(timeout=timeout)
+        if process.returncode != 0:
+            raise RuntimeError(f"per-core process failed ({process.returncode}):\n{errors[-3000:]}")
+    wall = time.perf_counter() - started
+    texts: dict[str, str] = {}
+    for out in outs:
+        data = json.loads(out.read_text())
+        texts.update(zip(data["ids"], data["texts"], strict=True))
+    return {"wall_s": wall, "rows": len(texts), "errors": 0, "texts": texts}
+
+
 def differential_rate(short: dict[str, Any], long: dict[str, Any]) -> float:
     """Rows/s of the rows the long run has beyond the short one: start-up and tails cancel."""
     extra_rows = long["rows"] - short["rows"]
@@ -175,7 +206,8 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "pipeline, a replica per core": ("tiny-random", replica_per_core(cores)),
         "no-model": ("none", None),
     }
-    names = ["sequential", *settings]
+    bound = "per-core bound (no Ray)"
+    names = ["sequential", *settings, bound]
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     say(
         f"{rows} rows ({len(corpus)} distinct images; the pipeline also runs the first {rows // 2}), "
@@ -188,9 +220,12 @@ def run(options: BenchOptions) -> dict[str, Any]:
             if name == "sequential":
                 result = run_sequential(manifests[rows], folder, env, timeout)
             else:
-                model, overrides = settings[name]
                 runs = {}
                 for size, manifest in manifests.items():
+                    if name == bound:
+                        runs[size] = run_per_core(manifest, folder, env, timeout, cores)
+                        continue
+                    model, overrides = settings[name]
                     place = folder / name.replace(", ", "-").replace(" ", "-") / str(size)
                     runs[size] = run_pipeline(job_file(place, manifest, model, overrides), env, timeout)
                 result = {**runs[rows], "short_wall_s": runs[rows // 2]["wall_s"]}
@@ -205,6 +240,8 @@ def run(options: BenchOptions) -> dict[str, Any]:
     sequential_texts = results["sequential"][0]["texts"]
     pipeline_texts = results["pipeline"][0]["texts"]
     same = sum(1 for key, text in sequential_texts.items() if pipeline_texts.get(key) == text)
+    bound_texts = results[bound][0]["texts"]
+    same_bound = sum(1 for key, text in sequential_texts.items() if bound_texts.get(key) == text)
     base_rate, base_wall = med("sequential", "steady_rows_per_s"), med("sequential", "wall_s")
     table_rows = [
         [
@@ -223,11 +260,18 @@ def run(options: BenchOptions) -> dict[str, Any]:
             table_rows,
         )
     )
-    say(f"answers identical to the sequential script: {same}/{len(sequential_texts)} rows")
+    say(
+        f"answers identical to the sequential script: pipeline {same}/{len(sequential_texts)} rows, "
+        f"per-core bound {same_bound}/{len(sequential_texts)}"
+    )
     return {
         "name": "pipeline",
         "speedup": ratio(med("pipeline", "steady_rows_per_s"), base_rate),
         "speedup_replica_per_core": ratio(med("pipeline, a replica per core", "steady_rows_per_s"), base_rate),
+        "speedup_per_core_bound": ratio(med(bound, "steady_rows_per_s"), base_rate),
+        "replica_per_core_vs_bound": ratio(
+            med("pipeline, a replica per core", "steady_rows_per_s"), med(bound, "steady_rows_per_s")
+        ),
         "speedup_wall": ratio(base_wall, med("pipeline", "wall_s")),
         "speedup_wall_replica_per_core": ratio(base_wall, med("pipeline, a replica per core", "wall_s")),
         "steady_rows_per_s": {name: round(med(name, "steady_rows_per_s"), 3) for name in names},
@@ -236,10 +280,11 @@ def run(options: BenchOptions) -> dict[str, Any]:
             med("no-model", "steady_rows_per_s"), med("pipeline", "steady_rows_per_s")
         ),
         "answers_identical": f"{same}/{len(sequential_texts)}",
+        "answers_identical_per_core_bound": f"{same_bound}/{len(sequential_texts)}",
         "rows": rows,
         "reps": reps,
         "max_new_tokens": MAX_NEW_TOKENS,
-        "steady_state": "second half of the rows: the script's row times; the pipeline's wall(N) - wall(N/2)",
+        "steady_state": "second half of the rows: the script's row times; the others' wall(N) - wall(N/2)",
         "runs": {name: [{k: v for k, v in r.items() if k != "texts"} for r in results[name]] for name in names},
         "machine": machine(),
     }

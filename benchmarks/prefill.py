@@ -21,6 +21,7 @@ from typing import Any
 
 from benchmarks.common import BenchOptions, machine, median, ratio, say, table
 from benchmarks.corpus import PREPROCESS_RECIPES, build_corpus
+from benchmarks.model_rows import caption_spec, prepare_window
 
 MAX_TILES = 12
 MAX_NEW_TOKENS = 64
@@ -28,30 +29,12 @@ ROWS, QUICK_ROWS = 64, 16  # one default window (8 x batch 8)
 
 
 def prepared_window(paths: list[str], rows: int) -> Any:
-    """The model stage's input for `rows` rows cycling through `paths` (a pyarrow Table)."""
-    import pyarrow as pa
+    """The spec and the model stage's input for `rows` rows cycling through `paths` (a pyarrow Table)."""
+    from pipeline.actors.preprocess import Preprocessor
 
-    from pipeline.actors.preprocess import Preprocessor, prepared_columns
-    from pipeline.prompts.tasks import resolve_spec
-    from pipeline.spec import JobSpec
-
-    spec = resolve_spec(
-        JobSpec.model_validate(
-            {
-                "input": {"manifest": "unused.parquet"},
-                "task": {"kind": "caption", "max_new_tokens": MAX_NEW_TOKENS},
-                "preprocess": {"max_tiles": MAX_TILES},
-                "output": {"path": "unused"},
-            }
-        )
-    )
-    preprocessor = Preprocessor(spec)
+    spec = caption_spec(MAX_TILES, MAX_NEW_TOKENS)
     records = [{"id": f"row-{i:04d}", "uri": paths[i % len(paths)]} for i in range(rows)]
-    prepared = [preprocessor.prepare(record) for record in records]
-    window = pa.table({"id": [r["id"] for r in records], "uri": [r["uri"] for r in records]})
-    for name, column in prepared_columns(prepared, [0.0] * rows).items():
-        window = window.append_column(name, column)
-    return spec, window
+    return spec, prepare_window(Preprocessor(spec), records)
 
 
 def run(options: BenchOptions) -> dict[str, Any]:

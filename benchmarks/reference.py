@@ -176,7 +176,7 @@ class SequentialCaptioner:
         tokens = output[0, inputs["input_ids"].shape[1] :].tolist()
         if self.stop_id in tokens:
             tokens = tokens[: tokens.index(self.stop_id)]
-        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        return str(self.tokenizer.decode(tokens, skip_special_tokens=True)).strip()
 
 
 def best_thread_count(captioner: SequentialCaptioner, files: list[str]) -> int:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from conftest import run_cli
+from conftest import REPO, run_cli
 from media import write_image
 
 from benchmarks.reference import load_image, reference_tiles
@@ -73,3 +73,38 @@ def test_scaling_memory_job_leaves_only_the_last_shard_to_do(tmp_path: Path):
     pending = pending_shards(plan, done_shards(spec.output.path, spec.storage))
     assert len(plan.shards) == 3
     assert [shard.key for shard in pending] == [plan.shards[-1].key]
+
+
+def test_per_core_bound_answers_as_the_sequential_script(tmp_path: Path):
+    """The per-core bound of `bench pipeline` runs this project's stages in plain processes; its
+    answers must be the script's, row for row, or it would not bound the same work."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmarks.reference import run_sequential
+    from pipeline.models.tiny_random import ensure_tiny_random
+    from pipeline.prompts.tasks import CAPTION_SHORT
+    from pipeline.prompts.template import DEFAULT_SYSTEM_MESSAGE
+
+    paths = [str(write_image(tmp_path / f"{i}.jpg", 300 + 170 * i, 260, seed=i)) for i in range(3)]
+    manifest = tmp_path / "manifest.parquet"
+    ids = [f"row-{i}" for i in range(3)]
+    pq.write_table(pa.table({"id": ids, "uri": paths}), manifest)
+    texts: dict[str, str] = {}
+    for worker in range(2):  # two "cores": rows 0 and 2, then row 1
+        out = tmp_path / f"out-{worker}.json"
+        args = [str(manifest), str(out), str(worker), "2", "4", "8"]
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.per_core", *args], cwd=REPO, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        data = json.loads(out.read_text())
+        texts.update(zip(data["ids"], data["texts"], strict=True))
+    reference = run_sequential(
+        str(ensure_tiny_random(None)), paths, 4, 8, CAPTION_SHORT.image_question, DEFAULT_SYSTEM_MESSAGE
+    )
+    assert [texts[row_id] for row_id in ids] == reference.texts
+    assert all(reference.texts)
