@@ -14,7 +14,7 @@ from benchmarks.common import BenchOptions, emit
 
 BENCHMARKS = {
     "preprocess": "CPU stage vs the model card's preprocessing: images/s per core, bytes per row, exactness",
-    "pipeline": "whole Ray pipeline vs a sequential model-card script on tiny-random; no-model ceiling, per-core bound",
+    "pipeline": "whole Ray pipeline vs a sequential model-card script on tiny-random; no-model; per-core processes",
     "prefill": "the model stage alone: prefill by length vs one left-padded prefill, same batches",
     "batching": "padding of arrival-order batches vs the token-budget batching on mixed 1-13 tile rows",
     "scaling": "rows/s with 1 and 2 CPU workers; driver peak memory for 10^4 and 10^6 row manifests",

@@ -1,14 +1,16 @@
-"""The per-core bound of `bench pipeline`, one of its processes:
+"""One process of `bench pipeline`'s per-core contender:
 `python -m benchmarks.per_core MANIFEST OUT WORKER WORKERS MAX_TILES MAX_NEW_TOKENS`.
 
 `bench pipeline` starts one such process per core, all at once, without Ray. Each takes
-every WORKERS-th row of the manifest (from row WORKER) and, window after window (64 rows,
-as a replica is handed them), runs this project's CPU-stage row work
-(`Preprocessor.prepare`) and then its model stage (`Generator`: rows sorted by length,
-batches of 8, prefill by length) with torch on one thread. Nothing crosses a process
-boundary, no stage waits for another and no scheduler runs beside them: what the
-machine's cores can do with the pipeline's own CPU-stage and model-stage code, and so a
-bound on any pipeline of those stages on this machine, Ray or not.
+its contiguous share of the manifest's rows (the WORKER-th of WORKERS; the benchmark's
+rows cycle through its images, so every share has nearly the same mix - taking every
+WORKERS-th row instead gave each process its own subset of the images, and the one with
+the larger ones finished last) and, window after window (64 rows, as a replica is
+handed them), runs this project's CPU-stage row work (`Preprocessor.prepare`) and then
+its model stage (`Generator`: rows sorted by length, batches of 8, prefill by length)
+with torch on one thread. Nothing crosses a process boundary and no scheduler runs
+beside them: what the cores do with the pipeline's own stage code and no orchestration,
+an estimate of the most any pipeline of these stages gets from this machine.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ def main(argv: list[str]) -> None:
 
     torch.set_num_threads(1)  # one process per core, as a replica on one reserved CPU
     table = pq.read_table(manifest, columns=["id", "uri"])
-    records = [
+    rows = [
         {"id": row_id, "uri": uri}
         for row_id, uri in zip(table.column("id").to_pylist(), table.column("uri").to_pylist(), strict=True)
-    ][worker::workers]
+    ]
+    records = rows[worker * len(rows) // workers : (worker + 1) * len(rows) // workers]
     spec = caption_spec(max_tiles, max_new_tokens)
     preprocessor = Preprocessor(spec)
     generator = Generator(spec, load_engine(spec.model.model_copy(update={"name": "tiny-random"})))

@@ -13,14 +13,14 @@ Same rows (generated photos, portrait shots and scans, max_tiles 12), same model
   one CPU worker;
 - `no-model`: the same pipeline with `model.name: none` (an engine that answers nothing
   but still tokenizes): the pipeline's own ceiling on this machine;
-- `per-core bound`: no Ray: one process per core (`benchmarks.per_core`), each preparing
-  and answering its share of the rows with the pipeline's CPU-stage and model-stage code,
-  torch on one thread. No pipeline of these stages can beat it on this machine, so it
-  tells how much of the 2x target the machine allows and how close the pipeline comes.
+- `per-core processes`: no Ray: one process per core (`benchmarks.per_core`), each
+  preparing and answering its share of the rows with the pipeline's CPU-stage and
+  model-stage code, torch on one thread: what the cores do with these stages and no
+  orchestration, an estimate of how much of the 2x target this machine allows at all.
 
 Steady state, the same rule for every contender: the rate at which the second half of a
 run's rows is done, start-up excluded. For the script, its per-row times (rows N/2 to N).
-The pipeline (and the per-core bound) answers rows in windows of 64 and its CPU stage runs ahead of the model, so
+The pipeline (and the per-core processes) answers rows in windows of 64 and its CPU stage runs ahead of the model, so
 the times of its own output would flatter it (the last windows run with nothing else
 competing for the cores); it is run twice, on the first N/2 rows and on all N, and the
 steady rate is (N - N/2) / (difference of the wall times): start-up, the first window's
@@ -140,7 +140,7 @@ def run_sequential(manifest: Path, folder: Path, env: dict[str, str], timeout: f
 
 
 def run_per_core(manifest: Path, folder: Path, env: dict[str, str], timeout: float, cores: int) -> dict[str, Any]:
-    """The per-core bound: `cores` processes of `benchmarks.per_core` at once; done when all are."""
+    """The per-core processes: `cores` processes of `benchmarks.per_core` at once; done when all are."""
     started = time.perf_counter()
     outs = [folder / f"per-core-{worker}.json" for worker in range(cores)]
     settings = [str(cores), str(MAX_TILES), str(MAX_NEW_TOKENS)]
@@ -206,8 +206,8 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "pipeline, a replica per core": ("tiny-random", replica_per_core(cores)),
         "no-model": ("none", None),
     }
-    bound = "per-core bound (no Ray)"
-    names = ["sequential", *settings, bound]
+    per_core = "per-core processes (no Ray)"
+    names = ["sequential", *settings, per_core]
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     say(
         f"{rows} rows ({len(corpus)} distinct images; the pipeline also runs the first {rows // 2}), "
@@ -222,7 +222,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
             else:
                 runs = {}
                 for size, manifest in manifests.items():
-                    if name == bound:
+                    if name == per_core:
                         runs[size] = run_per_core(manifest, folder, env, timeout, cores)
                         continue
                     model, overrides = settings[name]
@@ -240,8 +240,8 @@ def run(options: BenchOptions) -> dict[str, Any]:
     sequential_texts = results["sequential"][0]["texts"]
     pipeline_texts = results["pipeline"][0]["texts"]
     same = sum(1 for key, text in sequential_texts.items() if pipeline_texts.get(key) == text)
-    bound_texts = results[bound][0]["texts"]
-    same_bound = sum(1 for key, text in sequential_texts.items() if bound_texts.get(key) == text)
+    per_core_texts = results[per_core][0]["texts"]
+    same_per_core = sum(1 for key, text in sequential_texts.items() if per_core_texts.get(key) == text)
     base_rate, base_wall = med("sequential", "steady_rows_per_s"), med("sequential", "wall_s")
     table_rows = [
         [
@@ -262,15 +262,15 @@ def run(options: BenchOptions) -> dict[str, Any]:
     )
     say(
         f"answers identical to the sequential script: pipeline {same}/{len(sequential_texts)} rows, "
-        f"per-core bound {same_bound}/{len(sequential_texts)}"
+        f"per-core processes {same_per_core}/{len(sequential_texts)}"
     )
     return {
         "name": "pipeline",
         "speedup": ratio(med("pipeline", "steady_rows_per_s"), base_rate),
         "speedup_replica_per_core": ratio(med("pipeline, a replica per core", "steady_rows_per_s"), base_rate),
-        "speedup_per_core_bound": ratio(med(bound, "steady_rows_per_s"), base_rate),
-        "replica_per_core_vs_bound": ratio(
-            med("pipeline, a replica per core", "steady_rows_per_s"), med(bound, "steady_rows_per_s")
+        "speedup_per_core_processes": ratio(med(per_core, "steady_rows_per_s"), base_rate),
+        "replica_per_core_vs_per_core_processes": ratio(
+            med("pipeline, a replica per core", "steady_rows_per_s"), med(per_core, "steady_rows_per_s")
         ),
         "speedup_wall": ratio(base_wall, med("pipeline", "wall_s")),
         "speedup_wall_replica_per_core": ratio(base_wall, med("pipeline, a replica per core", "wall_s")),
@@ -280,7 +280,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
             med("no-model", "steady_rows_per_s"), med("pipeline", "steady_rows_per_s")
         ),
         "answers_identical": f"{same}/{len(sequential_texts)}",
-        "answers_identical_per_core_bound": f"{same_bound}/{len(sequential_texts)}",
+        "answers_identical_per_core_processes": f"{same_per_core}/{len(sequential_texts)}",
         "rows": rows,
         "reps": reps,
         "max_new_tokens": MAX_NEW_TOKENS,

@@ -75,9 +75,9 @@ def test_scaling_memory_job_leaves_only_the_last_shard_to_do(tmp_path: Path):
     assert [shard.key for shard in pending] == [plan.shards[-1].key]
 
 
-def test_per_core_bound_answers_as_the_sequential_script(tmp_path: Path):
-    """The per-core bound of `bench pipeline` runs this project's stages in plain processes; its
-    answers must be the script's, row for row, or it would not bound the same work."""
+def test_per_core_processes_answer_as_the_sequential_script(tmp_path: Path):
+    """`bench pipeline`'s per-core processes run this project's stages without Ray; their answers
+    must be the script's, row for row, or they would not measure the same work."""
     import subprocess
     import sys
 
@@ -94,7 +94,7 @@ def test_per_core_bound_answers_as_the_sequential_script(tmp_path: Path):
     ids = [f"row-{i}" for i in range(3)]
     pq.write_table(pa.table({"id": ids, "uri": paths}), manifest)
     texts: dict[str, str] = {}
-    for worker in range(2):  # two "cores": rows 0 and 2, then row 1
+    for worker in range(2):  # two "cores": row 0, then rows 1 and 2
         out = tmp_path / f"out-{worker}.json"
         args = [str(manifest), str(out), str(worker), "2", "4", "8"]
         done = subprocess.run(
