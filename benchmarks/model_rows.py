@@ -1,6 +1,6 @@
 """The model stage's input, built without Ray: the CPU stage's row work on manifest rows.
 
-Shared by `bench prefill` (one window, prepared once) and the per-core bound of
+Shared by `bench prefill` (one window, prepared once) and the per-core processes of
 `bench pipeline` (`benchmarks.per_core`, which prepares and answers window after window).
 """
 

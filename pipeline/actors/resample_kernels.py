@@ -58,14 +58,13 @@ STRIP = 64  # rows per strip of the horizontal pass: 256 int32 lanes (64 RGBX pi
 
 @numba.njit(cache=True, nogil=True)
 def _weighted_column(
-    block_bytes: np.ndarray, first: int, taps: int, weights: np.ndarray, target: np.ndarray
+    block_bytes: np.ndarray, first: int, taps: int, weights: np.ndarray, target: np.ndarray, acc: np.ndarray
 ) -> None:  # pragma: no cover - compiled
     """One output column of a full strip: target = clip((sum_t weights[t] * block[first + t] + 2^21) >> 22).
 
     The lane count is a constant (a full strip), so the compiler unrolls and vectorises the
-    lane loop completely; partial strips take the general loop in `resample_columns`.
+    lane loop completely; partial strips take the general loop in `_strip_columns`.
     """
-    acc = np.empty(STRIP * 4, dtype=np.int32)
     for i in range(STRIP * 4):
         acc[i] = 1 << 21
     for t in range(taps):
@@ -92,7 +91,7 @@ def _strip_columns(
     result_bytes = result.view(np.uint8)
     if rows == STRIP:
         for o in range(result.shape[0]):
-            _weighted_column(block_bytes, starts[o], taps[o], weights[o], result_bytes[o])
+            _weighted_column(block_bytes, starts[o], taps[o], weights[o], result_bytes[o], acc)
         return
     lanes = rows * 4
     for o in range(result.shape[0]):
