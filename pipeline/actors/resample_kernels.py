@@ -10,30 +10,41 @@ import numba
 import numpy as np
 
 
+@numba.njit(inline="always", nogil=True)
+def _weighted_sum(
+    lines: np.ndarray, first: int, taps: int, weights: np.ndarray, target: np.ndarray, acc: np.ndarray, lanes: int
+) -> None:  # pragma: no cover - compiled
+    """target[:lanes] = clip((sum_t weights[t] * lines[first + t, :lanes] + 2^21) >> 22).
+
+    Pillow's fixed-point arithmetic (int32 sums, arithmetic shift, clip to 0..255), with
+    the loop over taps outside the loop over the lanes, so the inner loop vectorises.
+    Inlined into every caller, so a caller that passes a constant `lanes` (a full strip)
+    gets that loop unrolled as well.
+    """
+    for i in range(lanes):
+        acc[i] = 1 << 21
+    for t in range(taps):
+        k = weights[t]
+        line = lines[first + t]
+        for i in range(lanes):
+            acc[i] += np.int32(line[i]) * k
+    for i in range(lanes):
+        v = acc[i] >> 22
+        target[i] = 0 if v < 0 else (255 if v > 255 else v)
+
+
 @numba.njit(cache=True, nogil=True)
 def resample_rows(
     src: np.ndarray, starts: np.ndarray, taps: np.ndarray, weights: np.ndarray, out: np.ndarray
 ) -> None:  # pragma: no cover - compiled
     """The vertical pass: out[o] = clip((sum_t weights[o, t] * src[starts[o] + t] + 2^21) >> 22).
 
-    Rows of uint8 (each byte a channel); Pillow's fixed-point arithmetic (int32 sums,
-    arithmetic shift, clip to 0..255), with the loop over taps outside the loop over the
-    row, so the inner loop vectorises.
+    Rows of uint8 (each byte a channel): each output row is a weighted sum of whole input rows.
     """
     width = src.shape[1]
     acc = np.empty(width, dtype=np.int32)
     for o in range(out.shape[0]):
-        acc[:] = 1 << 21
-        first = starts[o]
-        for t in range(taps[o]):
-            k = weights[o, t]
-            row = src[first + t]
-            for i in range(width):
-                acc[i] += np.int32(row[i]) * k
-        target = out[o]
-        for i in range(width):
-            v = acc[i] >> 22
-            target[i] = 0 if v < 0 else (255 if v > 255 else v)
+        _weighted_sum(src, starts[o], taps[o], weights[o], out[o], acc, width)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -57,27 +68,6 @@ STRIP = 64  # rows per strip of the horizontal pass: 256 int32 lanes (64 RGBX pi
 
 
 @numba.njit(cache=True, nogil=True)
-def _weighted_column(
-    block_bytes: np.ndarray, first: int, taps: int, weights: np.ndarray, target: np.ndarray, acc: np.ndarray
-) -> None:  # pragma: no cover - compiled
-    """One output column of a full strip: target = clip((sum_t weights[t] * block[first + t] + 2^21) >> 22).
-
-    The lane count is a constant (a full strip), so the compiler unrolls and vectorises the
-    lane loop completely; partial strips take the general loop in `_strip_columns`.
-    """
-    for i in range(STRIP * 4):
-        acc[i] = 1 << 21
-    for t in range(taps):
-        k = weights[t]
-        column = block_bytes[first + t]
-        for i in range(STRIP * 4):
-            acc[i] += np.int32(column[i]) * k
-    for i in range(STRIP * 4):
-        v = acc[i] >> 22
-        target[i] = 0 if v < 0 else (255 if v > 255 else v)
-
-
-@numba.njit(cache=True, nogil=True)
 def _strip_columns(
     block_bytes: np.ndarray,
     rows: int,
@@ -87,25 +77,17 @@ def _strip_columns(
     result: np.ndarray,
     acc: np.ndarray,
 ) -> None:  # pragma: no cover - compiled
-    """Every output column of one transposed strip of `rows` rows, into `result` (Wo, STRIP)."""
+    """Every output column of one transposed strip of `rows` rows, into `result` (Wo, STRIP).
+
+    A full strip passes a constant lane count, which the compiler unrolls completely.
+    """
     result_bytes = result.view(np.uint8)
     if rows == STRIP:
         for o in range(result.shape[0]):
-            _weighted_column(block_bytes, starts[o], taps[o], weights[o], result_bytes[o], acc)
-        return
-    lanes = rows * 4
-    for o in range(result.shape[0]):
-        acc[:lanes] = 1 << 21
-        first = starts[o]
-        for t in range(taps[o]):
-            k = weights[o, t]
-            column = block_bytes[first + t]
-            for i in range(lanes):
-                acc[i] += np.int32(column[i]) * k
-        target = result_bytes[o]
-        for i in range(lanes):
-            v = acc[i] >> 22
-            target[i] = 0 if v < 0 else (255 if v > 255 else v)
+            _weighted_sum(block_bytes, starts[o], taps[o], weights[o], result_bytes[o], acc, STRIP * 4)
+    else:
+        for o in range(result.shape[0]):
+            _weighted_sum(block_bytes, starts[o], taps[o], weights[o], result_bytes[o], acc, rows * 4)
 
 
 @numba.njit(cache=True, nogil=True)
