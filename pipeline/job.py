@@ -107,13 +107,86 @@ def model_stage_spec(spec: JobSpec, resources: StageResources) -> JobSpec:
 
 
 WINDOW_BATCHES = 8  # default window: this many micro-batches (see pipeline/actors/batching.py)
+WINDOWS_PER_REPLICA = 4  # a small job's windows shrink until each replica gets this many
 
 
-def rows_per_model_call(spec: JobSpec) -> int:
+def rows_per_model_call(spec: JobSpec, pending_rows: int | None = None) -> int:
     """Rows handed to a replica per call: a window of several micro-batches, so that rows of
     similar length can be grouped (see `pipeline.actors.batching`). 8 x batch_size keeps
-    padding under 10% on mixed 1-13 tile images (`python -m pipeline bench batching`)."""
-    return spec.model.batch_window or spec.model.batch_size * WINDOW_BATCHES
+    padding under 10% on mixed 1-13 tile images (`python -m pipeline bench batching`).
+
+    A window is the unit Ray Data hands a replica, so a job of few windows per replica ends
+    unevenly: replicas that drew their last window early wait for the one that drew it late,
+    and a replica cannot start before a whole window is prepared. When the job's
+    `pending_rows` would give a replica fewer than `WINDOWS_PER_REPLICA` default windows,
+    the window shrinks (to a multiple of batch_size, at least one batch) until each gets
+    that many. An explicit `model.batch_window` is used as it is."""
+    if spec.model.batch_window:
+        return spec.model.batch_window
+    batch = spec.model.batch_size
+    window = batch * WINDOW_BATCHES
+    if pending_rows is None:
+        return window
+    share = -(-pending_rows // (spec.model.replicas * WINDOWS_PER_REPLICA))  # ceil
+    return min(window, max(batch, -(-share // batch) * batch))
+
+
+def in_blocks_of(dataset: Any, rows: int, remote_args: dict[str, Any]) -> Any:
+    """`dataset` cut into blocks of `rows` rows (Ray Data's streaming repartition), fused into
+    the map stage that produced `dataset`, whose `remote_args` it must then share.
+
+    Ray 2.60's `repartition` takes no resources, so its tasks would each ask for a whole
+    CPU: they did not fuse with the read stage (0.25 CPU), and a job whose actors had
+    reserved every CPU (a tensor-parallel gang on a small node) waited for one forever.
+    Giving the repartition the read stage's arguments fuses the two: one task reads a
+    shard and cuts it. The logical operator is Ray's internal; tests/test_batching.py
+    checks the blocks, and tests/test_tensor_parallel.py a job with every CPU reserved."""
+    split = dataset.repartition(target_num_rows_per_block=rows)
+    split._logical_plan.dag.ray_remote_args.update(remote_args)
+    return split
+
+
+def prepared_rows(spec: JobSpec, plan: ManifestPlan, pending: list[Shard], ledger: Any | None = None) -> Any:
+    """The lazy dataset of the CPU stage's output: manifest rows read from the pending shards,
+    then tiles and queries (or row errors), one block per CPU batch.
+
+    The read rows are cut into blocks of one CPU batch (`preprocess.batch_size` rows, fewer
+    at a shard's end) before the CPU stage, so that each of its calls is a task of its own.
+    Ray Data hands a block to one CPU actor: a whole shard went to one worker while the
+    others idled. And it merges a task's outputs into blocks of over 128 MiB (24 rows of
+    10-tile images), which the model stage's windows then took whole (72, 72, 72 and 40
+    rows for a 256-row job, windows of 64). With one batch per task a block is one batch
+    (unless it exceeds 192 MiB, which Ray Data splits), so windows that are a multiple of
+    the CPU batch come out exact."""
+    import ray.data
+
+    from pipeline.actors.preprocess import PreprocessStage
+    from pipeline.actors.read import read_shards
+
+    remote_args = stage_remote_args()
+    shards = ray.data.from_items([asdict(shard) for shard in pending], override_num_blocks=max(1, len(pending)))
+    read_args = {"num_cpus": 0.25, **remote_args}
+    rows = shards.map_batches(
+        cast(Any, read_shards),
+        fn_kwargs={
+            "spec": spec,
+            "columns": plan.columns,
+            "passthrough": plan.passthrough,
+        },
+        batch_size=1,
+        batch_format="numpy",
+        **read_args,
+    )
+    rows = in_blocks_of(rows, spec.preprocess.batch_size, read_args)
+    return rows.map_batches(
+        PreprocessStage,
+        fn_constructor_kwargs={"spec": spec, "ledger": ledger},
+        batch_size=spec.preprocess.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=spec.preprocess.workers),
+        num_cpus=spec.preprocess.cpus_per_worker,
+        **remote_args,
+    )
 
 
 def build_dataset(
@@ -124,37 +197,10 @@ def build_dataset(
     import ray.data
 
     from pipeline.actors.generate import GenerateStage
-    from pipeline.actors.preprocess import PreprocessStage
-    from pipeline.actors.read import read_shards
     from pipeline.actors.write import postprocess_batch, write_batch
 
     remote_args = stage_remote_args()
-    shards = ray.data.from_items([asdict(shard) for shard in pending], override_num_blocks=max(1, len(pending)))
-    rows = shards.map_batches(
-        cast(Any, read_shards),
-        fn_kwargs={
-            "spec": spec,
-            "columns": plan.columns,
-            "passthrough": plan.passthrough,
-        },
-        batch_size=1,
-        batch_format="numpy",
-        num_cpus=0.25,
-        **remote_args,
-    )
-    if spec.preprocess.workers > 1:
-        # Ray Data hands each block to one CPU actor: unsplit, a shard (up to input.rows_per_shard
-        # rows) was one block, preprocessed by one worker while the others idled.
-        rows = rows.repartition(target_num_rows_per_block=spec.preprocess.batch_size)
-    prepared = rows.map_batches(
-        PreprocessStage,
-        fn_constructor_kwargs={"spec": spec, "ledger": ledger},
-        batch_size=spec.preprocess.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=spec.preprocess.workers),
-        num_cpus=spec.preprocess.cpus_per_worker,
-        **remote_args,
-    )
+    prepared = prepared_rows(spec, plan, pending, ledger)
     with warnings.catch_warnings():
         # `ray_remote_args_fn` (per-actor placement groups) is deprecated from Ray 2.60 without a
         # replacement yet; Ray Data LLM reserves its vLLM gangs the same way. Revisit with Ray >= 2.64.
@@ -162,7 +208,7 @@ def build_dataset(
         answered = prepared.map_batches(
             GenerateStage,
             fn_constructor_kwargs={"spec": model_stage_spec(spec, resources), "ledger": ledger},
-            batch_size=rows_per_model_call(spec),
+            batch_size=rows_per_model_call(spec, sum(shard.num_rows for shard in pending)),
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=spec.model.replicas),
             num_cpus=resources.cpus_per_model_actor,

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from media import noise_image
+from media import noise_image, write_image, write_manifest
 
 from pipeline.actors.batching import (
     arrival_batches,
@@ -94,6 +95,17 @@ def test_default_window_keeps_padding_under_ten_percent(make_spec):
     assert rows_per_model_call(make_spec("unused.parquet", model={"batch_size": 8, "batch_window": 100})) == 100
 
 
+def test_small_jobs_get_windows_small_enough_for_four_per_replica(make_spec):
+    two = make_spec("unused.parquet", model={"batch_size": 8, "replicas": 2})
+    assert rows_per_model_call(two, pending_rows=10**6) == 64  # a big job: the default window
+    assert rows_per_model_call(two, pending_rows=512) == 64  # 4 windows of 64 each
+    assert rows_per_model_call(two, pending_rows=256) == 32  # 4 windows of 32 each
+    assert rows_per_model_call(two, pending_rows=250) == 32  # rounded up to whole batches
+    assert rows_per_model_call(two, pending_rows=20) == 8  # never less than one batch
+    fixed = make_spec("unused.parquet", model={"batch_size": 8, "replicas": 2, "batch_window": 48})
+    assert rows_per_model_call(fixed, pending_rows=20) == 48  # an explicit window is kept
+
+
 def test_windows_cover_the_rows():
     assert [list(w) for w in windows(7, 3)] == [[0, 1, 2], [3, 4, 5], [6]]
     with pytest.raises(ValueError):
@@ -142,3 +154,21 @@ def test_answers_unchanged_under_a_token_budget(make_spec, engine):
     budgeted = run(8, budget)
     for column in ("text", "output_tokens", "prompt_tokens", "finish_reason"):
         assert budgeted.column(column).to_pylist() == alone.column(column).to_pylist(), column
+
+
+def test_cpu_stage_blocks_are_one_batch_each_so_windows_come_out_exact(tmp_path: Path, make_spec, ray_session):
+    """Each CPU batch is its own block, also with one worker and one shard: Ray Data used to
+    merge a task's batches into bigger blocks, which the model stage's windows took whole."""
+    from pipeline.job import prepared_rows
+    from pipeline.runner import check_job
+
+    rows = [{"id": f"r{i:02d}", "uri": str(write_image(tmp_path / f"{i}.jpg", 64, 64, seed=i))} for i in range(20)]
+    spec = make_spec(write_manifest(tmp_path / "manifest.parquet", rows), preprocess={"workers": 1, "batch_size": 8})
+    checked = check_job(spec)
+    assert len(checked.plan.shards) == 1
+    blocks = prepared_rows(checked.spec, checked.plan, checked.plan.shards).map_batches(
+        lambda block: {"rows": [block.num_rows]}, batch_size=None, batch_format="pyarrow"
+    )
+    assert sorted(row["rows"] for row in blocks.take_all()) == [4, 8, 8]
+    # the cut runs inside the read tasks (0.25 CPU), not as tasks of its own asking for a CPU
+    assert "MapBatches(read_shards)->StreamingRepartition" in blocks.stats()
