@@ -198,7 +198,8 @@ class ModelSpec(StrictModel):
         default=None,
         ge=1,
         description="Rows handed to a replica per call, which it sorts by prompt length and cuts into generate "
-        "calls; null = 8 x batch_size. Larger windows pad less (mixed tile counts) but hold more tiles in memory.",
+        "calls; null = 8 x batch_size, or less for a job too small to give each replica 4 such windows. Larger "
+        "windows pad less (mixed tile counts) but hold more tiles in memory.",
     )
     replicas: int = Field(default=1, ge=1, description="Model replicas (one actor, or one gang for TP, each).")
     tensor_parallel: int = Field(default=1, ge=1, description="GPUs (ranks) per replica.")
