@@ -109,29 +109,6 @@ def _copy_back(result: np.ndarray, out: np.ndarray, y0: int, rows: int) -> None:
 
 
 @numba.njit(cache=True, nogil=True)
-def resample_columns(
-    src: np.ndarray, starts: np.ndarray, taps: np.ndarray, weights: np.ndarray, out: np.ndarray
-) -> None:  # pragma: no cover - compiled
-    """The horizontal pass: (H, W) uint32 RGBX pixels -> (H, Wo), Pillow's arithmetic.
-
-    Works on strips of rows: a strip is transposed into a buffer so that each output column
-    is a weighted sum of whole buffer rows (the same vectorised loop as `resample_rows`).
-    The results are written to a transposed buffer too, whose rows are contiguous (so the
-    rounding and clipping vectorise as well), and copied back a strip at a time: writing
-    each result straight into the output touched a different output row for every pixel.
-    """
-    height, width = src.shape
-    block = np.empty((width, STRIP), dtype=np.uint32)
-    result = np.empty((out.shape[1], STRIP), dtype=np.uint32)
-    acc = np.empty(STRIP * 4, dtype=np.int32)
-    for y0 in range(0, height, STRIP):
-        rows = min(STRIP, height - y0)
-        _transpose_strip(src, y0, rows, block)
-        _strip_columns(block.view(np.uint8), rows, starts, taps, weights, result, acc)
-        _copy_back(result, out, y0, rows)
-
-
-@numba.njit(cache=True, nogil=True)
 def resample_columns_twice(
     src: np.ndarray,
     starts: np.ndarray,
@@ -143,8 +120,16 @@ def resample_columns_twice(
     weights2: np.ndarray,
     out2: np.ndarray,
 ) -> None:  # pragma: no cover - compiled
-    """`resample_columns` to two widths at once (a grid and its thumbnail): each strip is
-    transposed once for both, and the transpose costs more than either set of sums."""
+    """The horizontal pass: (H, W) uint32 RGBX pixels -> (H, Wo) and (H, Wo2), Pillow's
+    arithmetic, to two widths at once (a grid and its thumbnail): each strip is transposed
+    once for both, and the transpose costs more than either set of sums.
+
+    Works on strips of rows: a strip is transposed into a buffer so that each output column
+    is a weighted sum of whole buffer rows (the same vectorised loop as `resample_rows`).
+    The results are written to a transposed buffer too, whose rows are contiguous (so the
+    rounding and clipping vectorise as well), and copied back a strip at a time: writing
+    each result straight into the output touched a different output row for every pixel.
+    """
     height, width = src.shape
     block = np.empty((width, STRIP), dtype=np.uint32)
     result = np.empty((out.shape[1], STRIP), dtype=np.uint32)
@@ -157,3 +142,23 @@ def resample_columns_twice(
         _copy_back(result, out, y0, rows)
         _strip_columns(block.view(np.uint8), rows, starts2, taps2, weights2, result2, acc)
         _copy_back(result2, out2, y0, rows)
+
+
+@numba.njit(cache=True, nogil=True)
+def resample_columns(
+    src: np.ndarray, starts: np.ndarray, taps: np.ndarray, weights: np.ndarray, out: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """The horizontal pass to one width: `resample_columns_twice` with an empty second
+    target (no columns, so no sums and nothing copied back)."""
+    nothing = np.empty((out.shape[0], 0), dtype=np.uint32)
+    resample_columns_twice(
+        src,
+        starts,
+        taps,
+        weights,
+        out,
+        np.empty_like(starts[:0]),
+        np.empty_like(taps[:0]),
+        np.empty_like(weights[:0]),
+        nothing,
+    )
