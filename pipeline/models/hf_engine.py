@@ -12,10 +12,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
-
 from pipeline.models.engine import EncodedRequest, Engine, GenerationOptions, GenerationResult, OutOfMemory
-from pipeline.models.normalise import normalise_tiles
+from pipeline.models.normalise import PixelBuffer, normalise_tiles
 from pipeline.models.prefill import CPU_VISION_BATCH_TILES, has_sliding_layers, prefill_by_length
 from pipeline.prompts.template import STOP_TOKEN
 
@@ -52,6 +50,8 @@ class HFEngine(Engine):
         self.prefill_by_length = choose_prefill(prefill, model) == "by_length"
         on_cpu = self.device.type == "cpu"
         self.vision_batch_tiles = vision_batch_tiles or (CPU_VISION_BATCH_TILES if on_cpu else None)
+        # Reused by every batch (the model runs one batch at a time here): see PixelBuffer.
+        self._pixels = PixelBuffer() if on_cpu else None
 
     def encode(self, prompts: list[str]) -> list[list[int]]:
         """Token ids of each full prompt string."""
@@ -72,8 +72,7 @@ class HFEngine(Engine):
         }
         tiles = [r.tiles for r in batch if r.tiles is not None and len(r.tiles)]
         if tiles:
-            stacked = np.concatenate(tiles) if len(tiles) > 1 else tiles[0]
-            inputs["pixel_values"] = normalise_tiles(stacked, self.device, self.dtype)
+            inputs["pixel_values"] = normalise_tiles(tiles, self.device, self.dtype, self._pixels)
         return inputs
 
     def _generation_kwargs(self, options: GenerationOptions, batch_size: int) -> dict[str, Any]:
