@@ -20,12 +20,14 @@ Same rows (generated photos, portrait shots and scans, max_tiles 12), same model
 
 Steady state, the same rule for every contender: the rate at which the second half of a
 run's rows is done, start-up excluded. For the script, its per-row times (rows N/2 to N).
-The pipeline (and the per-core processes) answers rows in windows of 64 and its CPU stage runs ahead of the model, so
-the times of its own output would flatter it (the last windows run with nothing else
-competing for the cores); it is run twice, on the first N/2 rows and on all N, and the
-steady rate is (N - N/2) / (difference of the wall times): start-up, the first window's
-wait and the last window cancel out, and the CPU stage's work for the extra rows is
-inside the difference. Each contender is a fresh process; the repetitions are interleaved.
+The pipeline (and the per-core processes) answers rows in windows and its CPU stage runs
+ahead of the model, so the times of its own output would flatter it (the last windows run
+with nothing else competing for the cores); it is run twice, on the first N/2 rows and on
+all N, and the steady rate is (N - N/2) / (difference of the wall times): start-up, the
+first window's wait and the last window cancel out, and the CPU stage's work for the extra
+rows is inside the difference. For them to cancel, both runs use the window the N-row run
+picks (`model.batch_window` pinned; a shorter job would pick smaller ones). Each
+contender is a fresh process; the repetitions are interleaved.
 The answers of the pipeline are compared with the script's.
 """
 
@@ -68,8 +70,24 @@ def write_manifest(folder: Path, paths: list[str], rows: int) -> Path:
     return manifest
 
 
-def job_file(folder: Path, manifest: Path, model: str, overrides: dict[str, Any] | None = None) -> Path:
-    """A job spec for the pipeline contenders."""
+def pinned_window(spec: dict[str, Any], rows: int) -> int:
+    """The model-stage window that a job of `rows` rows picks by itself (`rows_per_model_call`).
+
+    Both runs of a differential pin the long run's window: left to choose, the short run
+    would pick smaller windows (a small job gets four per replica), so its first window's
+    wait and its last window would be shorter than the long run's, and they would no longer
+    cancel in the difference."""
+    from pipeline.job import rows_per_model_call
+    from pipeline.spec import JobSpec
+
+    return rows_per_model_call(JobSpec.model_validate(spec), rows)
+
+
+def job_file(
+    folder: Path, manifest: Path, model: str, overrides: dict[str, Any] | None = None, window_rows: int | None = None
+) -> Path:
+    """A job spec for the pipeline contenders; with `window_rows`, `model.batch_window` is
+    pinned to the window of a `window_rows`-row job (see `pinned_window`)."""
     spec: dict[str, Any] = {
         "name": f"bench-{model}",
         "input": {"manifest": str(manifest)},
@@ -81,6 +99,8 @@ def job_file(folder: Path, manifest: Path, model: str, overrides: dict[str, Any]
     }
     for section, values in (overrides or {}).items():
         spec.setdefault(section, {}).update(values)
+    if window_rows:
+        spec["model"]["batch_window"] = pinned_window(spec, window_rows)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"job-{model}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -227,7 +247,8 @@ def run(options: BenchOptions) -> dict[str, Any]:
                         continue
                     model, overrides = settings[name]
                     place = folder / name.replace(", ", "-").replace(" ", "-") / str(size)
-                    runs[size] = run_pipeline(job_file(place, manifest, model, overrides), env, timeout)
+                    job = job_file(place, manifest, model, overrides, window_rows=rows)
+                    runs[size] = run_pipeline(job, env, timeout)
                 result = {**runs[rows], "short_wall_s": runs[rows // 2]["wall_s"]}
                 result["steady_rows_per_s"] = differential_rate(runs[rows // 2], runs[rows])
             results[name].append(result)

@@ -182,7 +182,11 @@ def run(options: BenchOptions) -> dict[str, Any]:
     manifests = {size: write_manifest(folder, paths, size) for size in (rows // 2, rows)}
     jobs = {
         (workers, size): job_file(
-            folder / f"workers-{workers}" / str(size), manifest, "none", {"preprocess": {"workers": workers}}
+            folder / f"workers-{workers}" / str(size),
+            manifest,
+            "none",
+            {"preprocess": {"workers": workers}},
+            window_rows=rows,
         )
         for workers in (1, 2)
         for size, manifest in manifests.items()

@@ -45,6 +45,25 @@ def test_pipeline_steady_rates_cancel_start_up():
     assert second_half_rate([5.0]) == 0.0
 
 
+def test_both_runs_of_a_differential_use_the_long_runs_window(tmp_path: Path):
+    """Left to choose, the 128-row run would take smaller windows than the 256-row run, and its
+    first window's wait and last window would not cancel in the difference."""
+    import yaml
+
+    from benchmarks.pipeline import job_file, replica_per_core
+
+    windows = {
+        (name, size): yaml.safe_load(
+            job_file(
+                tmp_path / name / str(size), tmp_path / f"m{size}.parquet", "tiny-random", overrides, 256
+            ).read_text()
+        )["model"]["batch_window"]
+        for name, overrides in (("defaults", None), ("per-core", replica_per_core(2)))
+        for size in (128, 256)
+    }
+    assert windows == {("defaults", 128): 64, ("defaults", 256): 64, ("per-core", 128): 32, ("per-core", 256): 32}
+
+
 def test_unknown_benchmark_is_refused():
     done = run_cli("bench", "nonsense")
     assert done.returncode == 2 and "nonsense" in done.stderr
