@@ -10,7 +10,7 @@ exactly the reference's numbers in one pass (numba; torch's in-place passes othe
 
 A CPU replica also keeps one float32 buffer for these values (`PixelBuffer`): a batch of
 8 rows of 10 tiles is ~190 MB, and a fresh array per batch made the kernel zero it page
-by page, which cost four times the lookup itself.
+by page, which cost three times the lookup itself.
 """
 
 from __future__ import annotations
