@@ -85,7 +85,7 @@ def normalise_tiles(
     tiles: np.ndarray | Sequence[np.ndarray], device: Any, dtype: Any, buffer: PixelBuffer | None = None
 ):  # -> torch.Tensor
     """uint8 NHWC tiles (one array, or several stacked in order) -> normalised NCHW pixel values
-    (channels-last in memory) on the device. With a `buffer` the CPU values live in it."""
+    (channels-last in memory) on the device. With a `buffer`, the table lookup writes into it."""
     import torch
 
     pieces = [tiles] if isinstance(tiles, np.ndarray) else list(tiles)
