@@ -18,6 +18,7 @@ BENCHMARKS = {
     "prefill": "the model stage alone: prefill by length vs one left-padded prefill, same batches",
     "batching": "padding of arrival-order batches vs the token-budget batching on mixed 1-13 tile rows",
     "scaling": "rows/s with 1 and 2 CPU workers; driver peak memory for 10^4 and 10^6 row manifests",
+    "gpu": "dummy:InternVL3-1B/-8B images/s at 1 and 7 tiles against the FLOP bound, GPU utilisation (needs CUDA)",
 }
 
 

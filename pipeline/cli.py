@@ -299,7 +299,7 @@ def _import_benchmarks() -> Any:
 
 
 @main.command()
-@click.argument("name", type=click.Choice(["preprocess", "pipeline", "prefill", "batching", "scaling"]))
+@click.argument("name", type=click.Choice(["preprocess", "pipeline", "prefill", "batching", "scaling", "gpu"]))
 @click.option(
     "--reps", type=int, default=None, help="Repetitions per contender (medians are reported); default 5, pipeline 3."
 )
@@ -319,6 +319,7 @@ def bench(name: str, reps: int | None, quick: bool, workdir: str | None) -> None
     prefill     the model stage alone: prefill by length vs one left-padded prefill, same batches
     batching    padding of arrival-order vs token-budget batches on mixed 1-13 tile rows
     scaling     rows/s with 1 and 2 CPU workers; driver peak memory for 10^4 and 10^6 rows
+    gpu         dummy:InternVL3-1B/-8B images/s at 1 and 7 tiles vs the FLOP bound (needs CUDA)
     """
     from pathlib import Path
 
