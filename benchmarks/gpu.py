@@ -188,7 +188,7 @@ def device_setting(options: BenchOptions) -> Setting:
     """The device this run measures; a full run without CUDA is refused before anything loads."""
     import torch
 
-    from pipeline.planner import DEVICES, measure_cpu_tflops
+    from pipeline.planner import DEVICES
 
     reps = 1 if options.quick else max(1, options.reps)
     if torch.cuda.is_available():
@@ -198,7 +198,9 @@ def device_setting(options: BenchOptions) -> Setting:
     if not options.quick:
         raise SystemExit("bench gpu needs a CUDA device (without one, --quick runs a one-layer smoke test on the CPU)")
     torch.set_num_threads(1)
-    return Setting(True, False, None, "cpu", measure_cpu_tflops(), reps)
+    # No peak rate, so no bound: a one-layer member's FLOPs are mostly its embedding table (a
+    # lookup that the FLOP model counts as 2 x params x tokens).
+    return Setting(True, False, None, "cpu", None, reps)
 
 
 def measure_member(member: str, setting: Setting, images: dict[int, str]) -> list[dict[str, Any]]:
@@ -238,11 +240,7 @@ def measure_member(member: str, setting: Setting, images: dict[int, str]) -> lis
     label = spec.model.name + (f" ({spec.model.dummy_layers} layer)" if spec.model.dummy_layers else "")
     for tiles, (_, cpu_s, prompt_tokens) in inputs.items():
         rate = setting.timed_rows / median(seconds[tiles])
-        # A one-layer member's FLOPs are mostly its embedding table (a lookup that the FLOP model
-        # counts as 2 x params x tokens), so a smoke run reports no bound.
-        bound = None
-        if setting.peak_tflops and setting.on_gpu:
-            bound = bound_images_per_s(spec, tiles, prompt_tokens, setting.peak_tflops)
+        bound = bound_images_per_s(spec, tiles, prompt_tokens, setting.peak_tflops) if setting.peak_tflops else None
         cases.append(
             {
                 "model": label,
