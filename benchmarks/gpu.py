@@ -60,13 +60,14 @@ def planner_device(gpu_name: str) -> str | None:
 
 
 class UtilisationSampler:
-    """Samples one GPU's utilisation with `nvidia-smi` in a thread while it is entered.
+    """Samples one GPU's utilisation with `nvidia-smi` in a thread while it is entered
+    (nothing for `device_index` None: a CPU run).
 
     nvidia-smi rather than pynvml: it needs no extra package and is on every NVIDIA host.
     """
 
-    def __init__(self, device_index: int, interval_s: float = 0.25) -> None:
-        self.command = self._command(device_index)
+    def __init__(self, device_index: int | None, interval_s: float = 0.25) -> None:
+        self.command = self._command(device_index) if device_index is not None else None
         self.interval_s = interval_s
         self.samples: list[float] = []
         self._stop = threading.Event()
@@ -205,7 +206,7 @@ def device_setting(options: BenchOptions) -> Setting:
 
 def measure_member(member: str, setting: Setting, images: dict[int, str]) -> list[dict[str, Any]]:
     """One member on each tile count (repetitions interleaved): a result per tile count."""
-    from pipeline.actors.generate import Generator
+    from pipeline.actors.generate import PROMPT_TOKENS, Generator
     from pipeline.actors.preprocess import ERROR, TILES_PER_IMAGE, Preprocessor
     from pipeline.models.loading import load_engine
 
@@ -219,14 +220,14 @@ def measure_member(member: str, setting: Setting, images: dict[int, str]) -> lis
         counts = {sum(per_image) for per_image in window.column(TILES_PER_IMAGE).to_pylist()}
         if counts != {tiles}:
             raise RuntimeError(f"{path} gave {sorted(counts)} tiles, expected {tiles}")
-        inputs[tiles] = (window, cpu_s, len(engine.encode([_prompt(spec, window)])[0]))
-        generator(window)  # warm-up: kernels, allocator, caches
+        warm_up = generator(window)  # kernels, allocator, caches; its rows tell the prompt's length
+        inputs[tiles] = (window, cpu_s, warm_up.column(PROMPT_TOKENS)[0].as_py())
     seconds: dict[int, list[float]] = {tiles: [] for tiles in inputs}
     utilisation: dict[int, list[float]] = {tiles: [] for tiles in inputs}
     for rep in range(setting.reps):
         for tiles in sorted(inputs, reverse=rep % 2 == 1):
             window = inputs[tiles][0]
-            with UtilisationSampler(0) if setting.on_gpu else _NoSampler() as sampler:
+            with UtilisationSampler(0 if setting.on_gpu else None) as sampler:
                 started = time.perf_counter()
                 answered = [generator(window) for _ in range(setting.timed_rows // setting.window_rows)]
                 seconds[tiles].append(time.perf_counter() - started)
@@ -309,25 +310,3 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "smoke_run": not setting.on_gpu,
         "machine": machine(),
     }
-
-
-def _prompt(spec: Any, window: Any) -> str:
-    """The first row's full prompt (every row of a window is the same image)."""
-    from pipeline.actors.generate import system_message
-    from pipeline.actors.preprocess import QUERY, TILES_PER_IMAGE
-    from pipeline.prompts.template import build_prompt
-
-    query, per_image = window.column(QUERY)[0].as_py(), window.column(TILES_PER_IMAGE)[0].as_py()
-    return build_prompt(query, per_image, system_message(spec))
-
-
-class _NoSampler:
-    """Stands in for UtilisationSampler without a GPU."""
-
-    mean_percent = None
-
-    def __enter__(self) -> _NoSampler:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None

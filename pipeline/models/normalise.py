@@ -93,10 +93,10 @@ def normalise_tiles(
     if kernels:
         shape = (sum(len(piece) for piece in pieces), *pieces[0].shape[1:])
         values = buffer.take(shape) if buffer is not None else np.empty(shape, dtype=np.float32)
-        flat, start = values.reshape(-1), 0
+        flat, start, table = values.reshape(-1), 0, lookup_table()
         for piece in pieces:  # each row's tiles straight into place: no stacked uint8 copy
             piece = np.ascontiguousarray(piece).reshape(-1)
-            kernels.lookup_rgb(piece, lookup_table(), flat[start : start + piece.size])
+            kernels.lookup_rgb(piece, table, flat[start : start + piece.size])
             start += piece.size
         pixels = torch.from_numpy(values)
     else:
