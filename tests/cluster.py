@@ -58,10 +58,32 @@ class LocalHead:
             time.sleep(0.5)
 
 
+START_ATTEMPTS = 3
+
+
+class HeadExited(RuntimeError):
+    """`ray start` exited before its head could take jobs; the message carries its output."""
+
+
 def start_head(num_cpus: int = 4, extra_env: dict[str, str] | None = None) -> LocalHead:
-    """Start a token-authenticated head on free ports and wait until its job API answers."""
+    """Start a token-authenticated head on free ports and wait until its job API answers.
+
+    The ports are free when chosen, but another process (another test's Ray, on the other
+    xdist worker) may bind one before `ray start` does, and `ray start` then exits at once
+    (its port check). Such a start is retried on fresh ports, up to `START_ATTEMPTS` times;
+    a head that starts but never takes jobs is not retried."""
     # A head in token mode refuses to start without a token; make one if this user has none yet.
     subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, timeout=60)
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return _start_head_once(num_cpus, extra_env)
+        except HeadExited:
+            if attempt == START_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_head_once(num_cpus: int, extra_env: dict[str, str] | None) -> LocalHead:
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     # Every component on its own free port: several heads (other tests, other users) may run at once,
     # and a clash on a default port (e.g. the dashboard agent's 52365) leaves the head unable to take jobs.
@@ -83,35 +105,37 @@ def start_head(num_cpus: int = 4, extra_env: dict[str, str] | None = None) -> Lo
     # Jobs run `python ...` from the head's PATH: make it this interpreter's environment.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("RAY_ADDRESS", None)
-    process = subprocess.Popen(
-        [
-            RAY,
-            "start",
-            "--head",
-            "--block",
-            "--dashboard-host=127.0.0.1",
-            *(f"--{name}={port}" for name, port in ports.items()),
-            f"--num-cpus={num_cpus}",
-            f"--temp-dir={temp_dir}",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    output = Path(temp_dir) / "ray-start.out"  # `ray start`'s own words, for the error if it exits
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                RAY,
+                "start",
+                "--head",
+                "--block",
+                "--dashboard-host=127.0.0.1",
+                *(f"--{name}={port}" for name, port in ports.items()),
+                f"--num-cpus={num_cpus}",
+                f"--temp-dir={temp_dir}",
+                "--disable-usage-stats",
+            ],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     head = LocalHead(
         f"127.0.0.1:{ports['port']}", f"http://127.0.0.1:{ports['dashboard-port']}", temp_dir, process, env
     )
     try:
-        _wait_for_job_agent(head, process)
+        _wait_for_job_agent(head, process, output)
     except BaseException:
         head.stop()
         raise
     return head
 
 
-def _wait_for_job_agent(head: LocalHead, process: subprocess.Popen, timeout_s: float = 180) -> None:
+def _wait_for_job_agent(head: LocalHead, process: subprocess.Popen, output: Path, timeout_s: float = 180) -> None:
     """The dashboard answers before the head's job agent is ready ("No available agent to submit
     job"); a trivial job that runs to the end proves the head can take real submissions."""
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -122,7 +146,8 @@ def _wait_for_job_agent(head: LocalHead, process: subprocess.Popen, timeout_s: f
     last = "nothing tried"
     while time.time() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"ray start exited with {process.returncode}")
+            said = output.read_text(errors="replace")[-2000:]
+            raise HeadExited(f"ray start exited with {process.returncode}:\n{said}")
         try:
             client = JobSubmissionClient(head.dashboard_url, headers=headers)
             job = client.submit_job(entrypoint="python -c pass")
