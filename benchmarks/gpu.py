@@ -139,17 +139,10 @@ def bench_spec(member: str, quick: bool, on_gpu: bool) -> Any:
 
 def bound_images_per_s(spec: Any, tiles: int, prompt_tokens: int, peak_tflops: float) -> float:
     """The FLOP model's images/s for rows of `tiles` tiles and `prompt_tokens` tokens at `peak_tflops`."""
-    from pipeline.planner import RowPrediction, model_shape, row_flops
+    from pipeline.planner import RowPrediction, job_model_shape, row_flops
 
-    shape = model_shape(spec.model.name)
+    shape = job_model_shape(spec.model)  # a reduced member's FLOPs are those of its layers
     assert shape is not None, spec.model.name
-    layers = spec.model.dummy_layers
-    if layers:  # a reduced member: its FLOPs are those of its layers
-        shape = dataclasses.replace(
-            shape,
-            vision=dataclasses.replace(shape.vision, layers=layers),
-            language=dataclasses.replace(shape.language, layers=layers),
-        )
     row = RowPrediction(id="row", media_type="image", num_tiles=tiles, prompt_tokens=prompt_tokens)
     flops, _ = row_flops(shape, row, spec.task.max_new_tokens)
     return peak_tflops * 1e12 / flops
@@ -289,8 +282,10 @@ def run(options: BenchOptions) -> dict[str, Any]:
     images = {tiles: build_corpus(options.workdir, [recipe])[0].path for tiles, recipe in TILE_RECIPES.items()}
     peak = f"{setting.peak_tflops:.4g}" if setting.peak_tflops else "?"
     say(f"device: {setting.gpu_name or 'CPU, one thread (a smoke run)'}; peak {peak} TFLOP/s ({setting.device})")
+    members = QUICK_MEMBERS if setting.quick else MEMBERS
+    sizes = bench_spec(members[0], setting.quick, setting.on_gpu)  # batch and answer sizes, as every member's
     cases: list[dict[str, Any]] = []
-    for member in QUICK_MEMBERS if setting.quick else MEMBERS:
+    for member in members:
         cases.extend(measure_member(member, setting, images))
         if setting.on_gpu:
             torch.cuda.empty_cache()
@@ -303,9 +298,9 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "peak_tflops": round(setting.peak_tflops, 4) if setting.peak_tflops else None,
         "min_fraction_of_bound": min(fractions) if fractions else None,
         "cases": cases,
-        "batch_size": QUICK_BATCH_SIZE if setting.quick else BATCH_SIZE,
+        "batch_size": sizes.model.batch_size,
         "rows_per_case": setting.timed_rows,
-        "max_new_tokens": QUICK_NEW_TOKENS if setting.quick else MAX_NEW_TOKENS,
+        "max_new_tokens": sizes.task.max_new_tokens,
         "reps": setting.reps,
         "smoke_run": not setting.on_gpu,
         "machine": machine(),

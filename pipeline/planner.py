@@ -35,7 +35,7 @@ from pipeline.actors.preprocess import PreparedRow, Preprocessor
 from pipeline.actors.tiling import TILE_SIZE
 from pipeline.errors import JobError, RowError, error_text
 from pipeline.readers.manifest import ID, ManifestPlan, read_shard
-from pipeline.spec import JobSpec
+from pipeline.spec import JobSpec, ModelSpec
 
 HEADER_BYTES = 512 * 1024  # enough for the headers (and EXIF) of nearly every image file
 
@@ -151,6 +151,21 @@ def model_shape(name: str) -> ModelShape | None:
         if member.lower() in lowered:
             return shape
     return None
+
+
+def job_model_shape(model: ModelSpec) -> ModelShape | None:
+    """The shape of the model a job runs: its family member, with `model.dummy_layers` layers
+    in both towers when a dummy is reduced (as `pipeline.models.dummy` builds it)."""
+    shape = model_shape(model.name)
+    layers = model.dummy_layers
+    if shape is None or not layers:
+        return shape
+    return replace(
+        shape,
+        name=f"{shape.name} ({layers} layers)",
+        vision=replace(shape.vision, layers=layers),
+        language=replace(shape.language, layers=layers),
+    )
 
 
 # Peak dense BF16 tensor throughput, TFLOP/s, from the vendors' data sheets ("cpu" is
@@ -513,7 +528,7 @@ def plan_job(
     if not 0 < utilisation <= 1:
         raise JobError(f"--utilisation must be in (0, 1], got {utilisation}")
     spec = absolute_paths(resolve_spec(spec))
-    shape = model_shape(model or spec.model.name)
+    shape = model_shape(model) if model else job_model_shape(spec.model)
     if shape is None:
         raise JobError(
             f"the planner does not know the size of {model or spec.model.name!r}; name a family member with "

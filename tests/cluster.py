@@ -74,13 +74,10 @@ def start_head(num_cpus: int = 4, extra_env: dict[str, str] | None = None) -> Lo
     a head that starts but never takes jobs is not retried."""
     # A head in token mode refuses to start without a token; make one if this user has none yet.
     subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, timeout=60)
-    for attempt in range(1, START_ATTEMPTS + 1):
-        try:
+    for _ in range(START_ATTEMPTS - 1):
+        with contextlib.suppress(HeadExited):
             return _start_head_once(num_cpus, extra_env)
-        except HeadExited:
-            if attempt == START_ATTEMPTS:
-                raise
-    raise AssertionError("unreachable")
+    return _start_head_once(num_cpus, extra_env)  # the last attempt's error is the test's
 
 
 def _start_head_once(num_cpus: int, extra_env: dict[str, str] | None) -> LocalHead:

@@ -120,6 +120,18 @@ def test_family_names_resolve():
     assert model_shape("some/other-model") is None
 
 
+def test_a_reduced_dummy_is_planned_with_its_own_layers():
+    from pipeline.planner import job_model_shape
+    from pipeline.spec import ModelSpec
+
+    full = job_model_shape(ModelSpec(name="dummy:InternVL3-1B"))
+    reduced = job_model_shape(ModelSpec(name="dummy:InternVL3-1B", dummy_layers=1))
+    assert full == model_shape("InternVL3-1B")
+    assert (reduced.vision.layers, reduced.language.layers) == (1, 1)
+    assert reduced.vision.hidden == full.vision.hidden and reduced.language.vocab == full.language.vocab
+    assert job_model_shape(ModelSpec(name="some/other-model")) is None
+
+
 def test_plan_scales_the_sample_to_the_manifest(tmp_path: Path, make_spec):
     from pipeline.readers.manifest import plan_manifest
 
