@@ -31,10 +31,12 @@ def main(argv: list[str]) -> None:
     from benchmarks.model_rows import caption_spec, prepare_window
     from pipeline.actors.generate import Generator
     from pipeline.actors.preprocess import Preprocessor
+    from pipeline.heap import keep_freed_memory
     from pipeline.job import rows_per_model_call
     from pipeline.models.loading import load_engine
 
     torch.set_num_threads(1)  # one process per core, as a replica on one reserved CPU
+    keep_freed_memory()  # as the pipeline's stage actors do
     table = pq.read_table(manifest, columns=["id", "uri"])
     rows = [
         {"id": row_id, "uri": uri}

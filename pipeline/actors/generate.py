@@ -254,8 +254,10 @@ class GenerateStage:
 
     def __init__(self, spec: JobSpec, ledger: Any | None = None) -> None:
         from pipeline.actors.guard import StageGuard
+        from pipeline.heap import keep_freed_memory
         from pipeline.models.replica import load_replica
 
+        keep_freed_memory()  # each row's large buffers reuse the last row's pages
         self.generator = Generator(spec, load_replica(spec))
         self.replica = replica_name()
         self.guard = StageGuard("generate", self.generator, self.failed, ledger, spec.model.max_retries)

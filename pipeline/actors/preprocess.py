@@ -398,7 +398,9 @@ class PreprocessStage:
 
     def __init__(self, spec: JobSpec, ledger: Any | None = None) -> None:
         from pipeline.actors.guard import StageGuard, Watchdog, kill_this_worker
+        from pipeline.heap import keep_freed_memory
 
+        keep_freed_memory()  # each row's large buffers reuse the last row's pages
         self.preprocessor = Preprocessor(spec)
         self.guard = StageGuard("preprocess", self.process, self.failed, ledger, spec.preprocess.max_retries)
         limit = spec.preprocess.row_timeout_s

@@ -137,6 +137,9 @@ class RankWorker:
     """One rank of a gang (a Ray actor): joins the process group, loads its shard, runs batches."""
 
     def __init__(self, rank: int, world_size: int) -> None:
+        from pipeline.heap import keep_freed_memory
+
+        keep_freed_memory()  # as a single-process replica: each batch reuses the last one's pages
         self.rank = rank
         self.world_size = world_size
         self.engine: Engine | None = None

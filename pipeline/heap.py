@@ -1,0 +1,48 @@
+"""Keep a busy stage's freed memory in its heap instead of returning it to the kernel.
+
+Every row a stage handles allocates the same large buffers again: decoded images and
+tiles in the CPU stage, pixel values and activations of several MB each in a replica.
+glibc serves blocks that large with a fresh `mmap` and unmaps them when freed, so each
+row's buffers arrive as new pages that the kernel must fault in and zero one 4 KiB page
+at a time (thousands of faults a row, measured in BENCHMARKS.md). Raising glibc's mmap and
+trim thresholds makes those blocks come from the heap, where the pages freed by the last
+row are reused as they are. The cost is that a stage's process keeps its high-water mark
+of memory for its life - which a long-lived actor that handles rows of the same sizes
+again and again reaches in its first windows anyway.
+
+Only glibc's allocator is tuned (torch's CPU tensors, numpy arrays and Pillow's images
+come from it; Arrow's buffers use Arrow's own pool). Elsewhere this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+# mallopt(3) parameter numbers, from glibc's malloc.h.
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+#: Blocks below this come from the heap and freed heap memory below it is kept.
+KEEP_BYTES = 1 << 30
+
+
+def keep_freed_memory(keep_bytes: int = KEEP_BYTES) -> bool:
+    """Tune this process's glibc allocator to reuse freed blocks up to `keep_bytes`.
+
+    Returns whether it took effect: False off Linux, on a C library without `mallopt`
+    (musl), or where glibc refuses the values.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    # The trim threshold first: setting either one also stops glibc from moving the mmap
+    # threshold by itself, so the pair stays as set.
+    return bool(mallopt(M_TRIM_THRESHOLD, keep_bytes)) and bool(mallopt(M_MMAP_THRESHOLD, keep_bytes))
