@@ -2,11 +2,13 @@
 
 Every row a stage handles allocates the same large buffers again: decoded images and
 tiles in the CPU stage, pixel values and activations of several MB each in a replica.
-glibc serves blocks that large with a fresh `mmap` and unmaps them when freed, so each
-row's buffers arrive as new pages that the kernel must fault in and zero one 4 KiB page
-at a time (thousands of faults a row, measured in BENCHMARKS.md). Raising glibc's mmap and
-trim thresholds makes those blocks come from the heap, where the pages freed by the last
-row are reused as they are. The cost is that a stage's process keeps its high-water mark
+By default glibc serves blocks that large with a fresh `mmap` and unmaps them when freed
+(its threshold for that moves up with use, but not past 32 MiB), and gives the top of its
+heap back to the kernel once enough of it is free; either way the next row's buffers
+arrive as new pages that the kernel must fault in and zero one 4 KiB page at a time
+(thousands of faults a row, measured in BENCHMARKS.md). Raising glibc's mmap and trim
+thresholds makes those blocks come from the heap and keeps the heap's freed pages, so the
+pages freed by the last row are reused as they are. The cost is that a stage's process keeps its high-water mark
 of memory for its life - which a long-lived actor that handles rows of the same sizes
 again and again reaches in its first windows anyway.
 
@@ -43,6 +45,5 @@ def keep_freed_memory(keep_bytes: int = KEEP_BYTES) -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    # The trim threshold first: setting either one also stops glibc from moving the mmap
-    # threshold by itself, so the pair stays as set.
+    # Setting either one also stops glibc from moving the mmap threshold by itself.
     return bool(mallopt(M_TRIM_THRESHOLD, keep_bytes)) and bool(mallopt(M_MMAP_THRESHOLD, keep_bytes))
