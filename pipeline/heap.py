@@ -8,9 +8,9 @@ heap back to the kernel once enough of it is free; either way the next row's buf
 arrive as new pages that the kernel must fault in and zero one 4 KiB page at a time
 (thousands of faults a row, measured in BENCHMARKS.md). Raising glibc's mmap and trim
 thresholds makes those blocks come from the heap and keeps the heap's freed pages, so the
-pages freed by the last row are reused as they are. The cost is that a stage's process keeps its high-water mark
-of memory for its life - which a long-lived actor that handles rows of the same sizes
-again and again reaches in its first windows anyway.
+pages freed by the last row are reused as they are. The cost is that a stage's process
+keeps its high-water mark of memory for its life - which a long-lived actor that handles
+rows of the same sizes again and again reaches in its first windows anyway.
 
 Only glibc's allocator is tuned (torch's CPU tensors, numpy arrays and Pillow's images
 come from it; Arrow's buffers use Arrow's own pool). Elsewhere this does nothing.
@@ -19,7 +19,6 @@ come from it; Arrow's buffers use Arrow's own pool). Elsewhere this does nothing
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 # mallopt(3) parameter numbers, from glibc's malloc.h.
@@ -39,8 +38,7 @@ def keep_freed_memory(keep_bytes: int = KEEP_BYTES) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
