@@ -7,10 +7,8 @@ Same rows (generated photos, portrait shots and scans, max_tiles 12), same model
   normalise it, `model.generate` with batch 1, next; torch with 1 thread or its default
   (one per core), whichever is faster on this machine at the time (timed on 3 images);
 - `pipeline`: `python -m pipeline run` on a new local Ray instance, with its defaults
-  (2 CPU workers, one replica on one reserved CPU, batch 8, window 64);
-- `pipeline, a replica per core`: the setting for a machine without GPUs and a small model:
-  `model.replicas` = the core count (each replica computes on the one CPU it reserves) and
-  one CPU worker;
+  (batch 8, window 64; on a machine without GPUs the 'auto' layout, `pipeline.layout`:
+  a single-threaded replica per core and one CPU worker per 4 replicas);
 - `no-model`: the same pipeline with `model.name: none` (an engine that answers nothing
   but still tokenizes): the pipeline's own ceiling on this machine;
 - `per-core processes`: no Ray: one process per core (`benchmarks.per_core`), each
@@ -52,12 +50,6 @@ MAX_NEW_TOKENS = 64
 ROWS, QUICK_ROWS = 256, 32  # N; the short runs take the first half
 
 
-def replica_per_core(cores: int) -> dict[str, Any]:
-    """The setting for a machine without GPUs: a one-thread replica per core, one CPU worker
-    (the CPU stage has several times the throughput the model needs here)."""
-    return {"model": {"replicas": max(1, cores)}, "preprocess": {"workers": 1}}
-
-
 def write_manifest(folder: Path, paths: list[str], rows: int) -> Path:
     """A manifest cycling through the corpus files."""
     import pyarrow as pa
@@ -78,9 +70,19 @@ def pinned_window(spec: dict[str, Any], rows: int) -> int:
     wait and its last window would be shorter than the long run's, and they would no longer
     cancel in the difference."""
     from pipeline.job import rows_per_model_call
+    from pipeline.layout import choose_layout, local_cluster, replica_host_bytes, with_layout
     from pipeline.spec import JobSpec
 
-    return rows_per_model_call(JobSpec.model_validate(spec), rows)
+    job = JobSpec.model_validate(spec)
+    # The layout `run` will choose on the local instance it starts here (no GPU in this benchmark).
+    cluster = local_cluster(job, os.cpu_count() or 1, memory_bytes=available_memory())
+    layout = choose_layout(job, cluster, False, replica_host_bytes(job.model), rows)
+    return rows_per_model_call(with_layout(job, layout), rows)
+
+
+def available_memory() -> float:
+    """Bytes of memory free on this machine (Ray's actor memory is a share of it)."""
+    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def job_file(
@@ -132,6 +134,7 @@ def run_pipeline(job: Path, env: dict[str, str], timeout: float) -> dict[str, An
         "wall_s": wall,
         "rows": summary["rows_done"],
         "errors": summary["rows_with_errors"],
+        "layout": summary["layout"],
         "texts": texts,
     }
 
@@ -223,7 +226,6 @@ def run(options: BenchOptions) -> dict[str, Any]:
     cores = int(machine()["cpus"] or 1)
     settings: dict[str, tuple[str, dict[str, Any] | None]] = {
         "pipeline": ("tiny-random", None),
-        "pipeline, a replica per core": ("tiny-random", replica_per_core(cores)),
         "no-model": ("none", None),
     }
     per_core = "per-core processes (no Ray)"
@@ -253,6 +255,9 @@ def run(options: BenchOptions) -> dict[str, Any]:
                 result["steady_rows_per_s"] = differential_rate(runs[rows // 2], runs[rows])
             results[name].append(result)
             threads = f", torch threads {result['torch_threads']}" if "torch_threads" in result else ""
+            if "layout" in result:
+                layout = result["layout"]
+                threads += f", {layout['replicas']} replica(s), {layout['cpu_workers']} CPU worker(s)"
             say(f"    wall {result['wall_s']:.1f} s, steady {result['steady_rows_per_s']:.2f} rows/s{threads}")
 
     def med(name: str, key: str) -> float:
@@ -288,13 +293,12 @@ def run(options: BenchOptions) -> dict[str, Any]:
     return {
         "name": "pipeline",
         "speedup": ratio(med("pipeline", "steady_rows_per_s"), base_rate),
-        "speedup_replica_per_core": ratio(med("pipeline, a replica per core", "steady_rows_per_s"), base_rate),
         "speedup_per_core_processes": ratio(med(per_core, "steady_rows_per_s"), base_rate),
-        "replica_per_core_vs_per_core_processes": ratio(
-            med("pipeline, a replica per core", "steady_rows_per_s"), med(per_core, "steady_rows_per_s")
+        "pipeline_vs_per_core_processes": ratio(
+            med("pipeline", "steady_rows_per_s"), med(per_core, "steady_rows_per_s")
         ),
         "speedup_wall": ratio(base_wall, med("pipeline", "wall_s")),
-        "speedup_wall_replica_per_core": ratio(base_wall, med("pipeline, a replica per core", "wall_s")),
+        "pipeline_layout": results["pipeline"][0]["layout"],
         "steady_rows_per_s": {name: round(med(name, "steady_rows_per_s"), 3) for name in names},
         "wall_s": {name: round(med(name, "wall_s"), 2) for name in names},
         "no_model_ceiling_vs_pipeline": ratio(

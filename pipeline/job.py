@@ -17,6 +17,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
+from pipeline.layout import TASK_SLOT_CPUS, resolved
 from pipeline.readers.manifest import ManifestPlan, Shard
 from pipeline.spec import JobSpec, ModelSpec
 
@@ -127,7 +128,8 @@ def rows_per_model_call(spec: JobSpec, pending_rows: int | None = None) -> int:
     window = batch * WINDOW_BATCHES
     if pending_rows is None:
         return window
-    share = -(-pending_rows // (spec.model.replicas * WINDOWS_PER_REPLICA))  # ceil
+    replicas = resolved(spec.model.replicas, "model.replicas")
+    share = -(-pending_rows // (replicas * WINDOWS_PER_REPLICA))  # ceil
     return min(window, max(batch, -(-share // batch) * batch))
 
 
@@ -165,7 +167,7 @@ def prepared_rows(spec: JobSpec, plan: ManifestPlan, pending: list[Shard], ledge
 
     remote_args = stage_remote_args()
     shards = ray.data.from_items([asdict(shard) for shard in pending], override_num_blocks=max(1, len(pending)))
-    read_args = {"num_cpus": 0.25, **remote_args}
+    read_args = {"num_cpus": TASK_SLOT_CPUS, **remote_args}
     rows = shards.map_batches(
         cast(Any, read_shards),
         fn_kwargs={
@@ -183,7 +185,7 @@ def prepared_rows(spec: JobSpec, plan: ManifestPlan, pending: list[Shard], ledge
         fn_constructor_kwargs={"spec": spec, "ledger": ledger},
         batch_size=spec.preprocess.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=spec.preprocess.workers),
+        compute=ray.data.ActorPoolStrategy(size=resolved(spec.preprocess.workers, "preprocess.workers")),
         num_cpus=spec.preprocess.cpus_per_worker,
         **remote_args,
     )
@@ -210,20 +212,24 @@ def build_dataset(
             fn_constructor_kwargs={"spec": model_stage_spec(spec, resources), "ledger": ledger},
             batch_size=rows_per_model_call(spec, sum(shard.num_rows for shard in pending)),
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=spec.model.replicas),
+            compute=ray.data.ActorPoolStrategy(size=resolved(spec.model.replicas, "model.replicas")),
             num_cpus=resources.cpus_per_model_actor,
             num_gpus=resources.gpus_per_model_actor,
             **remote_args,
             **model_actor_placement(spec, resources),
         )
     labelled = answered.map_batches(
-        cast(Any, postprocess_batch), fn_kwargs={"spec": spec}, batch_format="pyarrow", num_cpus=0.25, **remote_args
+        cast(Any, postprocess_batch),
+        fn_kwargs={"spec": spec},
+        batch_format="pyarrow",
+        num_cpus=TASK_SLOT_CPUS,
+        **remote_args,
     )
     return labelled.map_batches(
         cast(Any, write_batch),
         fn_kwargs={"spec": spec},
         batch_size=spec.output.rows_per_file,
         batch_format="pyarrow",
-        num_cpus=0.25,
+        num_cpus=TASK_SLOT_CPUS,
         **remote_args,
     )

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import JobError, RunFailed, clean_message
+from pipeline.layout import Layout
 from pipeline.progress import ProgressReporter, RunTracker, bar_safe, print_summary
 from pipeline.prompts.tasks import resolve_spec
 from pipeline.readers.manifest import ManifestPlan, Shard, check_ids
@@ -74,8 +75,9 @@ def check_job(spec: JobSpec) -> CheckedJob:
     return CheckedJob(spec=spec, plan=plan, uploads=inputs.uploads)
 
 
-def connect_ray(spec: JobSpec) -> str:
-    """Join a cluster, as Ray itself looks for one, or start a local instance.
+def connect_ray(spec: JobSpec) -> tuple[str, int]:
+    """Join a cluster, as Ray itself looks for one, or start a local instance; returns where,
+    and the logical CPUs a local instance got beyond the machine's cores (`layout.spare_cpus`).
 
     In order: ray.address (or RAY_ADDRESS, set for `ray job submit` drivers); else the
     cluster a `ray start` on this machine left running; else a new local instance sized
@@ -83,8 +85,10 @@ def connect_ray(spec: JobSpec) -> str:
     """
     import ray
 
+    from pipeline.layout import local_cluster
+
     if ray.is_initialized():
-        return "the Ray cluster of this process"
+        return "the Ray cluster of this process", 0
     address = spec.ray.address or os.environ.get("RAY_ADDRESS") or None
     if address and address != "local":
         if not answers(address):
@@ -99,18 +103,20 @@ def connect_ray(spec: JobSpec) -> str:
                 f"ray.address: cannot join the Ray cluster at {address}: {error}. Check that the cluster is up "
                 "(`ray status` on its head) and the address, or set ray.address: local to start one here"
             ) from None
-        return f"the Ray cluster at {address}"
+        return f"the Ray cluster at {address}", 0
     if address is None:
         found = cluster_started_here()
         if found is not None:
             try:
                 ray.init(address=found, logging_level=logging.WARNING)
-                return f"the running Ray cluster found on this machine ({found})"
+                return f"the running Ray cluster found on this machine ({found})", 0
             except ConnectionError:
                 pass
-    num_cpus = spec.ray.num_cpus or max(os.cpu_count() or 1, required_cpus(spec))
+    planned = local_cluster(spec, os.cpu_count() or 1)
+    spare = 0 if spec.ray.num_cpus else planned.spare_cpus
+    num_cpus = spec.ray.num_cpus or int(planned.cpus)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
-    return f"a new local Ray instance ({num_cpus} CPUs)"
+    return f"a new local Ray instance ({num_cpus} CPUs)", spare
 
 
 PROBE_TIMEOUT_S = 3.0
@@ -150,13 +156,6 @@ def cluster_started_here() -> str | None:
     return str(recorded)
 
 
-def required_cpus(spec: JobSpec) -> int:
-    """Logical CPUs the stages reserve at once (a local cluster gets at least this many)."""
-    model = spec.model.cpus_per_replica * spec.model.replicas * spec.model.tensor_parallel
-    workers = spec.preprocess.cpus_per_worker * spec.preprocess.workers
-    return int(model + workers + 1.999)
-
-
 def decide_gpu(spec: JobSpec) -> bool:
     """Whether the model stage uses GPUs; fail fast when GPUs were asked for and the cluster has none."""
     import ray
@@ -173,6 +172,17 @@ def decide_gpu(spec: JobSpec) -> bool:
     if spec.model.device == "cpu":
         return False
     return gpus >= needed
+
+
+def resolve_layout(spec: JobSpec, use_gpu: bool, spare: int, pending_rows: int) -> tuple[JobSpec, Layout]:
+    """`spec` with its 'auto' stage sizes chosen for the connected cluster (`pipeline.layout`)."""
+    from pipeline.layout import choose_layout, cluster_of_ray, replica_host_bytes, with_layout
+
+    cpu_replicas = spec.model.replicas == "auto" and not use_gpu
+    replica_bytes = replica_host_bytes(spec.model) if cpu_replicas else None
+    cluster = cluster_of_ray(spare)
+    layout = choose_layout(spec, cluster, use_gpu, replica_bytes, pending_rows)
+    return with_layout(spec, layout), layout
 
 
 def _write_summary(spec: JobSpec, summary: dict[str, Any]) -> None:
@@ -340,13 +350,14 @@ def execute(checked: CheckedJob, echo: Any = print) -> dict[str, Any]:
 
     from pipeline.actors.guard import start_ledger
     from pipeline.job import build_dataset, release_model_stage_resources, stage_resources
+    from pipeline.layout import cluster_of_ray, shortfall
     from pipeline.lease import LEASE_FILE, Lease
     from pipeline.models.preflight import preflight_model
     from pipeline.resume import done_shards, mark_job_complete, pending_shards, prepare_output
 
     spec, plan = checked.spec, checked.plan
     preflight_model(spec)
-    where = connect_ray(spec)
+    where, spare = connect_ray(spec)
     echo(f"[pipeline] using {where}")
     use_gpu = decide_gpu(spec)
     lease = Lease(spec.output.path, spec.storage)
@@ -358,6 +369,7 @@ def execute(checked: CheckedJob, echo: Any = print) -> dict[str, Any]:
 
             store_listing(checked.uploads, spec.storage)
         pending = pending_shards(plan, done_shards(spec.output.path, spec.storage))
+        spec, layout = resolve_layout(spec, use_gpu, spare, sum(shard.num_rows for shard in pending))
         tracker = RunTracker(
             total_rows=plan.total_rows,
             pending_rows=sum(shard.num_rows for shard in pending),
@@ -368,6 +380,10 @@ def execute(checked: CheckedJob, echo: Any = print) -> dict[str, Any]:
             f"{len(plan.shards) - len(pending)} shard(s) already complete; model {spec.model.name} on "
             f"{'GPU' if use_gpu else 'CPU'}; output {spec.output.path}"
         )
+        echo(f"[pipeline] {layout.replicas} replica(s), {layout.workers} CPU worker(s): {layout.reason}")
+        problem = shortfall(spec, cluster_of_ray(spare), use_gpu)
+        if problem:
+            echo(f"[pipeline] warning: {problem}")
         interactive = sys.stderr.isatty()
         context = DataContext.get_current()
         context.enable_progress_bars = interactive
@@ -411,6 +427,7 @@ def execute(checked: CheckedJob, echo: Any = print) -> dict[str, Any]:
         skipped = _skipped_by_resume(plan, pending, tracker, remaining)
         tracker.pending_rows = plan.total_rows - skipped
         summary = tracker.summary(spec.name, spec.output.path, spec.model.name)
+        summary["layout"] = {"replicas": layout.replicas, "cpu_workers": layout.workers, "reason": layout.reason}
         summary["shards_total"] = len(plan.shards)
         summary["shards_incomplete"] = len(remaining)
         summary["duplicates_removed"] = sealer.duplicates_removed if sealer else 0

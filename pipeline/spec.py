@@ -13,14 +13,38 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class SpecError(ValueError):
     """A job spec that cannot run; the message names the field and the fix."""
+
+
+def _count(value: Any) -> int | Literal["auto"]:
+    """A stage size as written: a whole number >= 1 (YAML or `--set` text), or 'auto'."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("expected a whole number >= 1, or 'auto'")
+    return value
+
+
+# A stage size: a number, or 'auto' - chosen by the driver from the cluster it joins
+# (pipeline/layout.py).
+Count = Annotated[int | Literal["auto"], PlainValidator(_count)]
 
 
 class StrictModel(BaseModel):
@@ -134,7 +158,11 @@ class PreprocessSpec(StrictModel):
     )
     num_frames: int = Field(default=8, ge=1, le=128, description="Frames sampled per video.")
     tiles_per_frame: int = Field(default=1, ge=1, le=64, description="Most tiles per video frame.")
-    workers: int = Field(default=2, ge=1, description="CPU actors that fetch, decode and tile.")
+    workers: Count = Field(
+        default="auto",
+        description="CPU actors that fetch, decode and tile. 'auto': with the model on GPUs (or no model), every "
+        "CPU the replicas leave; on CPUs, one per 4 replicas (see pipeline/layout.py).",
+    )
     cpus_per_worker: float = Field(default=1.0, gt=0, description="CPUs Ray reserves for each CPU actor.")
     batch_size: int = Field(default=8, ge=1, description="Rows per call of a CPU actor.")
     exif_transpose: bool = Field(
@@ -201,7 +229,12 @@ class ModelSpec(StrictModel):
         "calls; null = 8 x batch_size, or less for a job too small to give each replica 4 such windows. Larger "
         "windows pad less (mixed tile counts) but hold more tiles in memory.",
     )
-    replicas: int = Field(default=1, ge=1, description="Model replicas (one actor, or one gang for TP, each).")
+    replicas: Count = Field(
+        default="auto",
+        description="Model replicas (one actor, or one gang for TP, each). 'auto': on GPUs, as many as the "
+        "cluster's GPUs hold; on CPUs, one per model.cpus_per_replica CPUs, as many as memory holds (one if "
+        "the model's size is unknown); one with model.name: none (see pipeline/layout.py).",
+    )
     tensor_parallel: int = Field(default=1, ge=1, description="GPUs (ranks) per replica.")
     placement_strategy: Literal["PACK", "STRICT_PACK"] = Field(
         default="PACK", description="Placement group strategy of a tensor-parallel gang."

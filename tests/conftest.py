@@ -93,7 +93,7 @@ def make_spec(tmp_path: Path):
             "output": {"path": str(tmp_path / "out")},
             "task": {"max_new_tokens": 8},
             "preprocess": {"workers": 1},
-            "model": {"batch_size": 4},
+            "model": {"batch_size": 4, "replicas": 1},  # fixed sizes: tests/test_layout.py covers 'auto'
         }
         for section, values in sections.items():
             data.setdefault(section, {}).update(values)

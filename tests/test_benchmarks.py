@@ -50,18 +50,25 @@ def test_both_runs_of_a_differential_use_the_long_runs_window(tmp_path: Path):
     first window's wait and last window would not cancel in the difference."""
     import yaml
 
-    from benchmarks.pipeline import job_file, replica_per_core
+    from benchmarks.pipeline import job_file
 
+    layouts: dict[str, dict | None] = {
+        "one replica": {"model": {"replicas": 1}, "preprocess": {"workers": 2}},
+        "two replicas": {"model": {"replicas": 2}, "preprocess": {"workers": 1}},
+        "auto": None,  # the layout `run` will choose on this machine: pinned the same way
+    }
     windows = {
         (name, size): yaml.safe_load(
             job_file(
                 tmp_path / name / str(size), tmp_path / f"m{size}.parquet", "tiny-random", overrides, 256
             ).read_text()
         )["model"]["batch_window"]
-        for name, overrides in (("defaults", None), ("per-core", replica_per_core(2)))
+        for name, overrides in layouts.items()
         for size in (128, 256)
     }
-    assert windows == {("defaults", 128): 64, ("defaults", 256): 64, ("per-core", 128): 32, ("per-core", 256): 32}
+    assert windows[("one replica", 128)] == windows[("one replica", 256)] == 64
+    assert windows[("two replicas", 128)] == windows[("two replicas", 256)] == 32
+    assert windows[("auto", 128)] == windows[("auto", 256)]
 
 
 def test_unknown_benchmark_is_refused():

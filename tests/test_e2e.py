@@ -3,6 +3,8 @@ head, and a job full of bad files."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -52,6 +54,11 @@ def test_quickstart_via_cli(tmp_path: Path):
     assert result.returncode == 0, result.stderr[-3000:]
     check_quickstart_output(out)
     assert "rows/s" in result.stdout
+    # The default layout on a CPU-only machine: a replica per core (the job has two batches
+    # of 4 rows, so no more than two) and one CPU worker.
+    layout = json.loads((out / "_summary.json").read_text())["layout"]
+    assert (layout["replicas"], layout["cpu_workers"]) == (min(2, os.cpu_count() or 1), 1)
+    assert f"{layout['replicas']} replica(s), 1 CPU worker(s)" in result.stderr
     # A second run resumes: nothing left to do, nothing written twice.
     again = run_cli("run", "jobs/quickstart.yaml", "--set", f"output.path={out}", *local)
     assert again.returncode == 0, again.stderr[-3000:]

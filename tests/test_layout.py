@@ -1,0 +1,178 @@
+"""'auto' stage sizes: what `choose_layout` picks for GPU, CPU and no-model jobs, on local
+clusters (with the spare logical CPUs `run` adds) and joined ones; numbers in the spec win."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.layout import (
+    REPLICA_RUNTIME_BYTES,
+    Cluster,
+    Layout,
+    choose_layout,
+    cpu_workers_for,
+    local_cluster,
+    replica_host_bytes,
+    resolved,
+    shortfall,
+    spare_cpus,
+    with_layout,
+)
+from pipeline.spec import JobSpec, SpecError, parse_spec
+
+GIB = 1024**3
+TINY = float(REPLICA_RUNTIME_BYTES)  # tiny-random's weights are a rounding error
+
+
+def spec(**sections: dict) -> JobSpec:
+    data: dict = {"input": {"manifest": "m.parquet"}, "output": {"path": "out"}}
+    data.update(sections)
+    return parse_spec(data)
+
+
+def local(cores: int, job: JobSpec, gpus: float = 0.0, memory_gib: float = 64.0) -> Cluster:
+    """The local instance `run` starts on a machine of `cores` cores."""
+    return local_cluster(job, cores, gpus, memory_gib * GIB)
+
+
+def test_defaults_are_auto_and_counts_parse():
+    job = spec()
+    assert job.model.replicas == "auto" and job.preprocess.workers == "auto"
+    assert spec(model={"replicas": "3"}).model.replicas == 3  # `--set model.replicas=3` text
+    for bad in (0, -1, 2.5, True, "many"):
+        with pytest.raises(SpecError, match=r"model\.replicas: .*whole number >= 1, or 'auto'"):
+            spec(model={"replicas": bad})
+
+
+def test_cpu_job_on_a_local_two_core_machine_gets_a_replica_per_core():
+    job = spec()
+    cluster = local(2, job)
+    assert cluster.cpus == 4 and cluster.spare_cpus == 2  # room for the CPU worker and the tasks
+    layout = choose_layout(job, cluster, use_gpu=False, replica_bytes=TINY)
+    assert (layout.replicas, layout.workers) == (2, 1)
+
+
+def test_cpu_job_scales_workers_with_replicas():
+    job = spec()
+    layout = choose_layout(job, local(16, job), use_gpu=False, replica_bytes=TINY)
+    assert (layout.replicas, layout.workers) == (16, 4)
+    assert cpu_workers_for(1) == 1 and cpu_workers_for(5) == 2
+
+
+def test_cpu_replicas_fit_a_joined_cluster_and_its_memory():
+    job = spec()
+    joined = Cluster(cpus=4, gpus=0, memory_bytes=64 * GIB)  # taken at its word: no spare CPUs
+    assert choose_layout(job, joined, use_gpu=False, replica_bytes=TINY).replicas == 2  # 2 + 1 worker + tasks
+    small = Cluster(cpus=2, gpus=0, memory_bytes=64 * GIB)
+    assert (choose_layout(job, small, False, TINY).replicas, choose_layout(job, small, False, TINY).workers) == (1, 1)
+    tight = local(16, job, memory_gib=9)
+    layout = choose_layout(job, tight, use_gpu=False, replica_bytes=3 * GIB)
+    assert layout.replicas == 3 and "fit" in layout.reason
+
+
+def test_cpu_replicas_of_an_unknown_size_stay_one():
+    layout = choose_layout(spec(), local(8, spec()), use_gpu=False, replica_bytes=None)
+    assert layout.replicas == 1 and "unknown" in layout.reason
+
+
+def test_cpu_replicas_take_cpus_per_replica_into_account():
+    job = spec(model={"cpus_per_replica": 4})
+    assert choose_layout(job, local(16, job), use_gpu=False, replica_bytes=TINY).replicas == 4
+
+
+def test_gpu_job_gets_a_replica_per_gpu_and_the_cpus_left_as_workers():
+    job = spec()
+    cluster = local(16, job, gpus=8)  # `run` added spare CPUs before it knew of the GPUs
+    layout = choose_layout(job, cluster, use_gpu=True, replica_bytes=None)
+    assert layout.replicas == 8
+    assert layout.workers == 16 - 8  # the cores the replicas leave (the logical CPUs allow it)
+    gangs = spec(model={"tensor_parallel": 4})
+    assert choose_layout(gangs, Cluster(cpus=64, gpus=8, memory_bytes=GIB), True, None).replicas == 2
+    joined = Cluster(cpus=64, gpus=8, memory_bytes=GIB)
+    assert choose_layout(job, joined, True, None).workers == 64 - 8 - 1  # within the logical CPUs, tasks' room kept
+    assert choose_layout(job, Cluster(cpus=2, gpus=1, memory_bytes=GIB), True, None).workers == 1  # never none
+
+
+def test_no_model_gets_one_replica_and_the_cpus_as_workers():
+    job = spec(model={"name": "none"})
+    layout = choose_layout(job, local(8, job), use_gpu=False, replica_bytes=0.0)
+    assert (layout.replicas, layout.workers) == (1, 8)  # the idle replica's CPU is only logical
+    two = local(2, job)
+    assert choose_layout(job, two, use_gpu=False, replica_bytes=0.0).workers == 2
+
+
+def test_small_jobs_get_no_more_replicas_than_batches():
+    job = spec(model={"batch_size": 4})
+    layout = choose_layout(job, local(16, job), use_gpu=False, replica_bytes=TINY, pending_rows=7)
+    assert layout.replicas == 2 and "batch" in layout.reason
+    assert choose_layout(job, local(16, job), False, TINY, pending_rows=0).replicas == 1
+
+
+def test_numbers_in_the_spec_are_kept():
+    job = spec(model={"replicas": 3}, preprocess={"workers": 5})
+    assert spare_cpus(job, 16) == 0  # nothing to choose: the local cluster is sized as before
+    layout = choose_layout(job, local(16, job), use_gpu=True, replica_bytes=None)
+    assert layout == Layout(replicas=3, workers=5, reason="as the spec says")
+    fixed_workers = spec(preprocess={"workers": 3})
+    assert choose_layout(fixed_workers, local(2, fixed_workers), False, TINY).workers == 3
+
+
+def test_with_layout_and_resolved():
+    job = with_layout(spec(), Layout(replicas=2, workers=1, reason="test"))
+    assert resolved(job.model.replicas, "model.replicas") == 2
+    with pytest.raises(ValueError, match="still 'auto'"):
+        resolved(spec().model.replicas, "model.replicas")
+
+
+def test_replica_host_bytes_knows_family_members_and_not_unknown_models():
+    assert replica_host_bytes(spec(model={"name": "none"}).model) == 0.0
+    assert replica_host_bytes(spec().model) == pytest.approx(TINY, rel=0.01)  # tiny-random: runtime only
+    one_b = replica_host_bytes(spec(model={"name": "OpenGVLab/InternVL3-1B-hf"}).model)
+    assert one_b is not None and 3 * GIB < one_b - TINY < 5 * GIB  # ~0.9 B parameters in float32
+    assert replica_host_bytes(spec(model={"name": "s3://bucket/some-model/"}).model) is None
+
+
+def test_auto_workers_shrink_to_fit_a_small_joined_cluster_and_fixed_sizes_are_warned():
+    job = spec()
+    two = Cluster(cpus=2, gpus=0, memory_bytes=64 * GIB)  # `ray start --head` on a 2-core machine
+    layout = choose_layout(job, two, use_gpu=False, replica_bytes=TINY)
+    assert (layout.replicas, layout.workers, layout.cpus_per_worker) == (1, 1, 0.75)  # a task still fits
+    sized = with_layout(job, layout)
+    assert sized.preprocess.cpus_per_worker == 0.75 and shortfall(sized, two, use_gpu=False) is None
+    two_workers = spec(preprocess={"workers": 2})
+    fixed = with_layout(two_workers, choose_layout(two_workers, two, use_gpu=False, replica_bytes=TINY))
+    warning = shortfall(fixed, two, use_gpu=False)
+    assert warning is not None and "reserve 3.25 CPU(s)" in warning and "has 2 CPU(s)" in warning
+    gpus = with_layout(spec(model={"replicas": 4}), Layout(replicas=4, workers=1, reason="test"))
+    assert "4 GPU(s)" in (shortfall(gpus, Cluster(cpus=64, gpus=2, memory_bytes=GIB), use_gpu=True) or "")
+
+
+@pytest.mark.slow
+def test_default_job_runs_on_a_two_cpu_head(tmp_path: Path) -> None:
+    """On a head of 2 logical CPUs a replica and a CPU worker of one CPU each left no room for
+    the read task, and the job waited forever; 'auto' shrinks the worker's reservation."""
+    from cluster import start_head
+    from conftest import run_cli
+
+    head = start_head(num_cpus=2)
+    try:
+        out = tmp_path / "out"
+        result = run_cli(
+            "run",
+            "jobs/quickstart.yaml",
+            "--set",
+            f"output.path={out}",
+            "--set",
+            f"ray.address={head.gcs_address}",
+            env={"RAY_AUTH_MODE": "token"},
+            timeout=300,
+        )
+    finally:
+        head.stop()
+    assert result.returncode == 0, result.stderr[-3000:]
+    layout = json.loads((out / "_summary.json").read_text())["layout"]
+    assert (layout["replicas"], layout["cpu_workers"]) == (1, 1) and "0.75 CPU" in layout["reason"]
+    assert "warning" not in result.stderr
