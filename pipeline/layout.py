@@ -62,7 +62,7 @@ class Layout:
     replicas: int
     workers: int
     reason: str
-    cpus_per_worker: float = 1.0  # `preprocess.cpus_per_worker`, unless 'auto' workers had to shrink to fit
+    cpus_per_worker: float | None = None  # set where 'auto' workers had to shrink to fit; else the spec's
 
 
 def resolved(size: int | Literal["auto"], key: str) -> int:
@@ -165,12 +165,12 @@ def choose_layout(
     else:
         workers = _feeding_workers(spec, cluster, replicas, busy_replicas=use_gpu)
         reasons.append("CPU workers on the cores the replicas leave")
-    per_worker = preprocess.cpus_per_worker
+    per_worker = None
     if preprocess.workers == "auto":
         # A small cluster the job joins (`ray start --head` on 2 cores) has no room for a task
         # next to a replica and a worker of one CPU each; all three would wait forever.
         left = cluster.cpus - replicas * model_cpus_per_replica(model) - TASK_SLOT_CPUS
-        if workers * per_worker > left >= workers * MIN_WORKER_CPUS:
+        if workers * preprocess.cpus_per_worker > left >= workers * MIN_WORKER_CPUS:
             per_worker = math.floor(left / workers * 100) / 100
             reasons.append(f"each CPU worker reserves {per_worker:g} CPU to fit the cluster's {cluster.cpus:g}")
     return Layout(
@@ -237,12 +237,13 @@ def _cpu_replicas(spec: JobSpec, cluster: Cluster, replica_bytes: float | None, 
 
 def with_layout(spec: JobSpec, layout: Layout) -> JobSpec:
     """`spec` with its stage sizes set to `layout`'s numbers."""
+    preprocess: dict[str, Any] = {"workers": layout.workers}
+    if layout.cpus_per_worker is not None:
+        preprocess["cpus_per_worker"] = layout.cpus_per_worker
     return spec.model_copy(
         update={
             "model": spec.model.model_copy(update={"replicas": layout.replicas}),
-            "preprocess": spec.preprocess.model_copy(
-                update={"workers": layout.workers, "cpus_per_worker": layout.cpus_per_worker}
-            ),
+            "preprocess": spec.preprocess.model_copy(update=preprocess),
         }
     )
 

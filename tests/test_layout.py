@@ -116,6 +116,7 @@ def test_numbers_in_the_spec_are_kept():
     assert spare_cpus(job, 16) == 0  # nothing to choose: the local cluster is sized as before
     layout = choose_layout(job, local(16, job), use_gpu=True, replica_bytes=None)
     assert layout == Layout(replicas=3, workers=5, reason="as the spec says")
+    assert with_layout(spec(preprocess={"cpus_per_worker": 2}), layout).preprocess.cpus_per_worker == 2
     fixed_workers = spec(preprocess={"workers": 3})
     assert choose_layout(fixed_workers, local(2, fixed_workers), False, TINY).workers == 3
 
