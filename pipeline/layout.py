@@ -11,11 +11,11 @@ always used as it is.
   logical CPUs that the replicas and `TASK_CPUS` (the read and write tasks) leave.
 - **Model on CPUs**: the model is the bottleneck by far (tiny-random needs ~255 ms of CPU a
   row on one thread, the CPU stage ~45 ms; a real model needs far more), and one
-  single-threaded replica per core is the fastest layout measured (BENCHMARKS.md: 1.9x a
-  sequential script on 2 cores against 1.2x for one replica and two workers). So a replica
-  per `model.cpus_per_replica` CPUs, as many as the cluster's memory holds (one when the
-  model's size cannot be known without downloading it), and one CPU worker per
-  `REPLICAS_PER_CPU_WORKER` replicas. The workers then share the cores with the replicas:
+  single-threaded replica per core is the fastest layout measured (BENCHMARKS.md: a median
+  1.9x a sequential script on 2 cores, against 1.0x to 1.4x for one replica and two
+  workers). So a replica per `model.cpus_per_replica` CPUs, as many as the cluster's memory
+  holds (one when the model's size cannot be known without downloading it), and one CPU
+  worker per `REPLICAS_PER_CPU_WORKER` replicas. The workers then share the cores with the replicas:
   a local cluster that `run` starts is given that many logical CPUs more than the machine
   has cores (`spare_cpus`); a cluster the job joins is taken at its word, and the replicas
   fit in what the workers and tasks leave.
