@@ -67,9 +67,12 @@ def test_quickstart_via_cli(tmp_path: Path):
 
 
 def test_quickstart_via_ray_job_submit(tmp_path: Path):
+    """Submitted to a head of 2 logical CPUs, what `ray start --head` gives on a 2-core
+    machine: there a replica and a CPU worker of one CPU each left no room for the read
+    task and the job waited forever; the 'auto' CPU worker now reserves what is left."""
     from cluster import RAY, start_head
 
-    head = start_head()
+    head = start_head(num_cpus=2)
     try:
         out = tmp_path / "submitted"
         result = subprocess.run(
@@ -99,6 +102,9 @@ def test_quickstart_via_ray_job_submit(tmp_path: Path):
         assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
         assert "succeeded" in result.stdout + result.stderr
         check_quickstart_output(out)
+        layout = json.loads((out / "_summary.json").read_text())["layout"]
+        assert (layout["replicas"], layout["cpu_workers"]) == (1, 1) and "0.75 CPU" in layout["reason"]
+        assert "[pipeline] warning" not in result.stdout
     finally:
         head.stop()
 

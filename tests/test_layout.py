@@ -3,9 +3,6 @@ clusters (with the spare logical CPUs `run` adds) and joined ones; numbers in th
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
 from pipeline.layout import (
@@ -149,31 +146,3 @@ def test_auto_workers_shrink_to_fit_a_small_joined_cluster_and_fixed_sizes_are_w
     assert warning is not None and "reserve 3.25 CPU(s)" in warning and "has 2 CPU(s)" in warning
     gpus = with_layout(spec(model={"replicas": 4}), Layout(replicas=4, workers=1, reason="test"))
     assert "4 GPU(s)" in (shortfall(gpus, Cluster(cpus=64, gpus=2, memory_bytes=GIB), use_gpu=True) or "")
-
-
-@pytest.mark.slow
-def test_default_job_runs_on_a_two_cpu_head(tmp_path: Path) -> None:
-    """On a head of 2 logical CPUs a replica and a CPU worker of one CPU each left no room for
-    the read task, and the job waited forever; 'auto' shrinks the worker's reservation."""
-    from cluster import start_head
-    from conftest import run_cli
-
-    head = start_head(num_cpus=2)
-    try:
-        out = tmp_path / "out"
-        result = run_cli(
-            "run",
-            "jobs/quickstart.yaml",
-            "--set",
-            f"output.path={out}",
-            "--set",
-            f"ray.address={head.gcs_address}",
-            env={"RAY_AUTH_MODE": "token"},
-            timeout=300,
-        )
-    finally:
-        head.stop()
-    assert result.returncode == 0, result.stderr[-3000:]
-    layout = json.loads((out / "_summary.json").read_text())["layout"]
-    assert (layout["replicas"], layout["cpu_workers"]) == (1, 1) and "0.75 CPU" in layout["reason"]
-    assert "warning" not in result.stderr
