@@ -27,6 +27,13 @@ rows is inside the difference. For them to cancel, both runs use the window the 
 picks (`model.batch_window` pinned; a shorter job would pick smaller ones). Each
 contender is a fresh process; the repetitions are interleaved.
 The answers of the pipeline are compared with the script's.
+
+Where the cores went: while the pipeline, no-model and per-core contenders run, a
+sampler (`benchmarks.cpu_shares`) reads every process's CPU time from /proc and adds it
+to a role - model stage, CPU stage, driver, Ray's own processes, other - next to the
+machine's idle time. The same difference of the two runs gives CPU milliseconds per
+steady-state row by role: how much of a row's cost is the stages' work, how much Ray's,
+how much the cores stood idle (Linux only; left out elsewhere).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +52,7 @@ import yaml
 
 from benchmarks.common import BenchOptions, machine, median, ratio, say, table
 from benchmarks.corpus import PREPROCESS_RECIPES, build_corpus
+from benchmarks.cpu_shares import ROLES, CpuShares, available, per_row_ms
 
 MAX_TILES = 12
 MAX_NEW_TOKENS = 64
@@ -109,18 +118,25 @@ def job_file(
     return path
 
 
+def cpu_accounting() -> AbstractContextManager[CpuShares | None]:
+    """CPU time by role while a contender runs (`benchmarks.cpu_shares`), where /proc exists."""
+    return CpuShares() if available() else nullcontext(None)
+
+
 def run_pipeline(job: Path, env: dict[str, str], timeout: float) -> dict[str, Any]:
-    """One `python -m pipeline run` in its own process; its summary, wall time and answers."""
+    """One `python -m pipeline run` in its own process; its summary, wall time, CPU time by role
+    and answers."""
     spec = yaml.safe_load(job.read_text())
     started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", str(job)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    with cpu_accounting() as shares:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", "run", str(job)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"pipeline run failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -135,6 +151,7 @@ def run_pipeline(job: Path, env: dict[str, str], timeout: float) -> dict[str, An
         "rows": summary["rows_done"],
         "errors": summary["rows_with_errors"],
         "layout": summary["layout"],
+        "cpu_s": shares.seconds if shares else None,
         "texts": texts,
     }
 
@@ -167,26 +184,28 @@ def run_per_core(manifest: Path, folder: Path, env: dict[str, str], timeout: flo
     started = time.perf_counter()
     outs = [folder / f"per-core-{worker}.json" for worker in range(cores)]
     settings = [str(cores), str(MAX_TILES), str(MAX_NEW_TOKENS)]
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.per_core", str(manifest), str(out), str(worker), *settings],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for worker, out in enumerate(outs)
-    ]
-    for process in processes:
-        _, errors = process.communicate(timeout=timeout)
-        if process.returncode != 0:
-            raise RuntimeError(f"per-core process failed ({process.returncode}):\n{errors[-3000:]}")
+    with cpu_accounting() as shares:
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.per_core", str(manifest), str(out), str(worker), *settings],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for worker, out in enumerate(outs)
+        ]
+        for process in processes:
+            _, errors = process.communicate(timeout=timeout)
+            if process.returncode != 0:
+                raise RuntimeError(f"per-core process failed ({process.returncode}):\n{errors[-3000:]}")
     wall = time.perf_counter() - started
     texts: dict[str, str] = {}
     for out in outs:
         data = json.loads(out.read_text())
         texts.update(zip(data["ids"], data["texts"], strict=True))
-    return {"wall_s": wall, "rows": len(texts), "errors": 0, "texts": texts}
+    cpu_s = shares.seconds if shares else None
+    return {"wall_s": wall, "rows": len(texts), "errors": 0, "cpu_s": cpu_s, "texts": texts}
 
 
 def differential_rate(short: dict[str, Any], long: dict[str, Any]) -> float:
@@ -194,6 +213,33 @@ def differential_rate(short: dict[str, Any], long: dict[str, Any]) -> float:
     extra_rows = long["rows"] - short["rows"]
     extra_s = long["wall_s"] - short["wall_s"]
     return extra_rows / extra_s if extra_rows > 0 and extra_s > 0 else 0.0
+
+
+def differential_cpu(short: dict[str, Any], long: dict[str, Any]) -> dict[str, float] | None:
+    """CPU milliseconds by role per row of the rows the long run has beyond the short one (the
+    machine's idle time as the role 'idle'): where the cores went in the steady state."""
+    if not short.get("cpu_s") or not long.get("cpu_s"):
+        return None
+    return per_row_ms(short["cpu_s"], long["cpu_s"], long["rows"] - short["rows"])
+
+
+def cpu_table(results: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, dict[str, float]]] | None:
+    """The table of core-milliseconds per row by role (medians over the repetitions) of the
+    contenders that have them, and the same as a dict for the JSON."""
+    medians: dict[str, dict[str, float]] = {}
+    for name, runs in results.items():
+        accounted = [run["cpu_ms_per_row"] for run in runs if run.get("cpu_ms_per_row")]
+        if accounted:
+            roles = sorted({role for run in accounted for role in run})
+            medians[name] = {role: round(median([run.get(role, 0.0) for run in accounted]), 1) for role in roles}
+    if not medians:
+        return None
+    present = {role for values in medians.values() for role in values}
+    roles = [role for role in ROLES if role in present] + sorted(present - set(ROLES))
+    rows = [
+        [name, *(values.get(role, 0.0) for role in roles), sum(values.values())] for name, values in medians.items()
+    ]
+    return table(["contender", *roles, "all"], rows), medians
 
 
 def second_half_rate(done_at: list[float]) -> float:
@@ -253,6 +299,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
                     runs[size] = run_pipeline(job, env, timeout)
                 result = {**runs[rows], "short_wall_s": runs[rows // 2]["wall_s"]}
                 result["steady_rows_per_s"] = differential_rate(runs[rows // 2], runs[rows])
+                result["cpu_ms_per_row"] = differential_cpu(runs[rows // 2], runs[rows])
             results[name].append(result)
             threads = f", torch threads {result['torch_threads']}" if "torch_threads" in result else ""
             if "layout" in result:
@@ -290,6 +337,10 @@ def run(options: BenchOptions) -> dict[str, Any]:
         f"answers identical to the sequential script: pipeline {same}/{len(sequential_texts)} rows, "
         f"per-core processes {same_per_core}/{len(sequential_texts)}"
     )
+    cpu = cpu_table({name: results[name] for name in names if name != "sequential"})
+    if cpu:
+        say(f"\nwhere the {cores} cores went, per row of the steady state (CPU ms by role; 'all' = {cores} / rows/s):")
+        say(cpu[0])
     return {
         "name": "pipeline",
         "speedup": ratio(med("pipeline", "steady_rows_per_s"), base_rate),
@@ -304,6 +355,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "no_model_ceiling_vs_pipeline": ratio(
             med("no-model", "steady_rows_per_s"), med("pipeline", "steady_rows_per_s")
         ),
+        "cpu_ms_per_row": cpu[1] if cpu else None,
         "answers_identical": f"{same}/{len(sequential_texts)}",
         "answers_identical_per_core_processes": f"{same_per_core}/{len(sequential_texts)}",
         "rows": rows,

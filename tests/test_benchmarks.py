@@ -134,3 +134,68 @@ def test_per_core_processes_answer_as_the_sequential_script(tmp_path: Path):
     )
     assert [texts[row_id] for row_id in ids] == reference.texts
     assert all(reference.texts)
+
+
+def test_cpu_roles_from_the_titles_ray_gives_processes():
+    from benchmarks.cpu_shares import CPU_STAGE, DRIVER, MODEL_STAGE, OTHER, PER_CORE, RAY, role_of
+
+    assert role_of("ray::MapWorker(MapBatches(GenerateStage)).submit") == MODEL_STAGE
+    assert role_of("ray::MapWorker(MapBatches(PreprocessStage))") == CPU_STAGE
+    assert role_of("/venv/bin/python -m pipeline run jobs/caption.yaml") == DRIVER
+    assert role_of("/venv/bin/python -m benchmarks.per_core m.parquet out.json 0 2 12 64") == PER_CORE
+    assert role_of("ray::IDLE") == RAY
+    assert role_of("/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet --node_ip=1") == RAY
+    assert role_of("/usr/bin/python3 some_other_program.py") == OTHER
+
+
+def test_cpu_shares_counts_a_real_process_by_its_role(tmp_path: Path):
+    """A real child process that burns CPU for a while: its time lands in its role, the
+    machine's idle time is counted too, and a role that only shows later (as a Ray worker's
+    title changes) is picked up."""
+    import subprocess
+    import sys
+
+    from benchmarks.cpu_shares import IDLE, OTHER, CpuShares, available
+
+    if not available():
+        import pytest
+
+        pytest.skip("no /proc here")
+    marker = tmp_path / "renamed"
+
+    def classify(command: str) -> str:
+        return "burner" if "burn-for-the-test" in command and marker.exists() else OTHER
+
+    script = (
+        "import sys, time\n"
+        "end = time.process_time() + 0.6\n"
+        "while time.process_time() < end: pass\n"
+        "open(sys.argv[1], 'w').close()\n"  # now it is a 'burner': its earlier time moves with it
+        "time.sleep(0.6)\n"
+    )
+    with CpuShares(interval_s=0.1, classify=classify) as shares:
+        subprocess.run([sys.executable, "-c", script, str(marker), "burn-for-the-test"], check=True)
+    assert shares.seconds["burner"] >= 0.3  # it burnt 0.6 s of CPU; the sampler saw it after its rename
+    assert shares.seconds[IDLE] >= 0
+    assert shares.wall_s >= 1.2
+
+
+def test_steady_state_cpu_is_the_difference_of_two_runs():
+    from benchmarks.pipeline import cpu_table, differential_cpu
+
+    short = {"rows": 128, "cpu_s": {"model stage": 40.0, "CPU stage": 8.0, "idle": 4.0}}
+    long = {"rows": 256, "cpu_s": {"model stage": 72.0, "CPU stage": 15.68, "Ray": 1.28, "idle": 5.28}}
+    per_row = differential_cpu(short, long)
+    assert per_row == {"model stage": 250.0, "CPU stage": 60.0, "Ray": 10.0, "idle": 10.0}
+    assert differential_cpu(short, {"rows": 256, "cpu_s": None}) is None
+    text, medians = cpu_table({"pipeline": [{"cpu_ms_per_row": per_row}], "sequential": [{}]})
+    assert medians == {"pipeline": per_row}
+    header = text.splitlines()[0].split("  ")
+    assert [cell.strip() for cell in header if cell.strip()] == [
+        "contender",
+        "model stage",
+        "CPU stage",
+        "Ray",
+        "idle",
+        "all",
+    ]
