@@ -42,7 +42,7 @@ PROVISIONAL = (RAY, OTHER)
 
 def role_of(command: str) -> str:
     """The role of a process from its command line (as /proc/PID/cmdline shows it, NULs as spaces)."""
-    if "GenerateStage" in command or "TensorParallelRank" in command:
+    if "GenerateStage" in command or "RankWorker" in command:  # a tensor-parallel gang's ranks too
         return MODEL_STAGE
     if "PreprocessStage" in command:
         return CPU_STAGE

@@ -140,6 +140,7 @@ def test_cpu_roles_from_the_titles_ray_gives_processes():
     from benchmarks.cpu_shares import CPU_STAGE, DRIVER, MODEL_STAGE, OTHER, PER_CORE, RAY, role_of
 
     assert role_of("ray::MapWorker(MapBatches(GenerateStage)).submit") == MODEL_STAGE
+    assert role_of("ray::RankWorker.generate") == MODEL_STAGE  # a tensor-parallel rank
     assert role_of("ray::MapWorker(MapBatches(PreprocessStage))") == CPU_STAGE
     assert role_of("/venv/bin/python -m pipeline run jobs/caption.yaml") == DRIVER
     assert role_of("/venv/bin/python -m benchmarks.per_core m.parquet out.json 0 2 12 64") == PER_CORE
