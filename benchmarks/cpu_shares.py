@@ -5,13 +5,13 @@ a thread reads every process's CPU time (utime + stime in /proc/PID/stat) once p
 `interval_s` and the machine's idle time (/proc/stat), and adds each process's CPU time
 to a role found from its command line: the model stage's actors, the CPU stage's, the
 driver, Ray's own processes (raylet, GCS, agents, Ray Data's helper actors, idle
-workers), the per-core processes, or anything else on the machine (the benchmark's own process and
-this sampler included). A Ray worker's title
-changes once it becomes a stage actor, so a process's role is read again until it is a
-stage's. Its CPU time is counted from its first sighting (or from the start, for the
-processes that were already running) to its last: what a process did between its last
-sample and its exit is not seen (up to `interval_s` of it; a stage actor lives for the
-whole run, a short read task may lose part of its time).
+workers), the per-core processes, or anything else on the machine (the benchmark's own
+process and this sampler included). A Ray worker's title changes once it becomes a stage
+actor, so a process's role is read again until it is a stage's. Its CPU time is counted
+from its first sighting (or from the start, for the processes that were already running)
+to its last: what a process did between its last sample and its exit is not seen (up to
+`interval_s` of it; a stage actor lives for the whole run, a short read task may lose
+part of its time).
 
 Linux only: elsewhere `available()` is False and the bench leaves the accounting out.
 """
@@ -98,8 +98,8 @@ class CpuShares:
 
     interval_s: float = 0.5
     classify: Callable[[str], str] = role_of
-    seconds: dict[str, float] = field(default_factory=dict)
-    wall_s: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict, init=False)  # filled on exit
+    wall_s: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
         self._ticks = float(os.sysconf("SC_CLK_TCK"))
