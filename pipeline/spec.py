@@ -280,7 +280,8 @@ class ModelSpec(StrictModel):
         "'by_length': rows of equal length together without padding, their caches then joined for batched "
         "decoding (a padded prefill makes sdpa build and read a dense attention mask at every layer); "
         "'auto': padded with flash_attention_2, which drops the padding itself, else by_length. Answers are "
-        "the same either way. Language models with sliding-window layers are always prefilled padded.",
+        "the same either way. Language models with sliding-window layers and original-format checkpoints "
+        "(trust_remote_code) are always prefilled padded.",
     )
     vision_batch_tiles: int | None = Field(
         default=None,

@@ -3,13 +3,16 @@ answers as one left-padded prefill, whatever the vision encoder's tile batches."
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 from media import noise_image
 from test_generate import SIZES, answers, prepared_batch
 
 from pipeline.models.hf_engine import choose_prefill
 from pipeline.models.loading import load_engine
-from pipeline.models.prefill import length_groups, tile_slices
+from pipeline.models.original_format import OriginalFormatModel
+from pipeline.models.prefill import cache_keyword, length_groups, tile_slices
 from pipeline.prompts.tasks import resolve_spec
 from pipeline.spec import ModelSpec
 
@@ -68,3 +71,46 @@ def test_sliding_window_models_keep_the_padded_prefill(engines):
         assert choose_prefill("by_length", engines["padded"].model) == "padded"
     finally:
         text.use_sliding_window = before
+
+
+def test_cache_keyword_follows_the_forward_signature():
+    class Renamed:  # transformers 5.24 and later
+        def forward(self, input_ids=None, cache=None): ...
+
+    class Original:  # transformers 5.18-5.23
+        def forward(self, input_ids=None, past_key_values=None): ...
+
+    assert cache_keyword(Renamed()) == "cache"
+    assert cache_keyword(Original()) == "past_key_values"
+
+
+def test_original_format_models_keep_the_padded_prefill(engines):
+    """The remote InternVLChatModel (its code cannot run here: a stand-in with its forward's
+    parameters) embeds images inside its own generate: it cannot take features computed apart."""
+    hf_config = engines["padded"].model.config
+
+    class RemoteConfig:
+        llm_config = hf_config.get_text_config()
+
+    class RemoteChatModel:
+        config = RemoteConfig()
+
+        def forward(
+            self, pixel_values=None, input_ids=None, attention_mask=None, image_flags=None, past_key_values=None
+        ):
+            raise AssertionError("never called by choose_prefill")
+
+    remote = OriginalFormatModel(RemoteChatModel(), img_context_token_id=7)
+    assert choose_prefill("auto", remote) == "padded"
+    assert choose_prefill("by_length", remote) == "padded"
+    assert choose_prefill("by_length", engines["padded"].model) == "by_length"
+
+
+def test_by_length_uses_the_installed_transformers_name_for_the_cache(make_spec, engines):
+    """A deprecated keyword would warn at every batch and break when transformers drops it."""
+    spec = resolve_spec(make_spec("unused.parquet", task={"max_new_tokens": 3}))
+    batch = prepared_batch(spec, [noise_image(w, h, seed=80 + i) for i, (w, h) in enumerate(SIZES[:2])])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        result = answers(spec, engines["by_length"], batch, 2)
+    assert result.column("error").to_pylist() == [None, None]

@@ -14,7 +14,13 @@ from typing import Any
 
 from pipeline.models.engine import EncodedRequest, Engine, GenerationOptions, GenerationResult, OutOfMemory
 from pipeline.models.normalise import PixelBuffer, normalise_tiles
-from pipeline.models.prefill import CPU_VISION_BATCH_TILES, has_sliding_layers, prefill_by_length
+from pipeline.models.prefill import (
+    CPU_VISION_BATCH_TILES,
+    cache_keyword,
+    can_prefill_by_length,
+    has_sliding_layers,
+    prefill_by_length,
+)
 from pipeline.prompts.template import STOP_TOKEN
 
 # Test hook (not a mock): raise a real OutOfMemory for batches of more rows than this, so
@@ -48,6 +54,7 @@ class HFEngine(Engine):
         self._torch = torch
         self._grammars: dict[str, Any] = {}
         self.prefill_by_length = choose_prefill(prefill, model) == "by_length"
+        self.cache_keyword = cache_keyword(model)
         on_cpu = self.device.type == "cpu"
         self.vision_batch_tiles = vision_batch_tiles or (CPU_VISION_BATCH_TILES if on_cpu else None)
         # Reused by every batch (the model runs one batch at a time here): see PixelBuffer.
@@ -108,7 +115,7 @@ class HFEngine(Engine):
         try:
             with torch.inference_mode():
                 if self.prefill_by_length and min(r.num_tokens for r in batch) > 1:
-                    kwargs["past_key_values"] = prefill_by_length(
+                    kwargs[self.cache_keyword] = prefill_by_length(
                         self.model,
                         inputs["input_ids"],
                         inputs.pop("pixel_values", None),
@@ -152,8 +159,9 @@ class HFEngine(Engine):
 def choose_prefill(prefill: str, model: Any) -> str:
     """'by_length' or 'padded' for model.prefill: 'auto' is padded where flash_attention_2 drops the
     padding itself, by_length otherwise; language models with sliding-window layers are always
-    prefilled padded (their caches keep only a window, which joining caches does not handle)."""
-    if has_sliding_layers(model):
+    prefilled padded (their caches keep only a window, which joining caches does not handle), and so
+    are models whose forward cannot take image features already computed (original-format ones)."""
+    if has_sliding_layers(model) or not can_prefill_by_length(model):
         return "padded"
     if prefill != "auto":
         return prefill

@@ -50,6 +50,30 @@ def has_sliding_layers(model: Any) -> bool:
     return any("sliding" in str(kind) for kind in layer_types) or bool(getattr(text, "use_sliding_window", False))
 
 
+def forward_parameters(model: Any) -> set[str]:
+    """The keyword parameters of `model.forward` (none for an object without one)."""
+    import inspect
+
+    forward = getattr(model, "forward", None)
+    return set(inspect.signature(forward).parameters) if callable(forward) else set()
+
+
+def cache_keyword(model: Any) -> str:
+    """The keyword `model`'s forward (and so `generate`) takes its key/value cache under.
+
+    Why: transformers 5.24 renamed `past_key_values` to `cache`; the old name still works but
+    warns on every batch and goes in 5.40, while 5.18-5.23 know only the old one. Asking the
+    signature keeps every supported version quiet and working."""
+    return "cache" if "cache" in forward_parameters(model) else "past_key_values"
+
+
+def can_prefill_by_length(model: Any) -> bool:
+    """Whether this module can drive `model`: its inner model must take image features already
+    computed (`mm_encoder_outputs`, transformers 5.18+). An original-format checkpoint's remote
+    InternVLChatModel embeds the images inside its own `generate`, so it cannot."""
+    return "mm_encoder_outputs" in forward_parameters(getattr(model, "model", None))
+
+
 def image_features(model: Any, pixel_values: Any, vision_batch_tiles: int | None) -> Any:
     """The projected image features of `pixel_values`, the vision encoder taking at most
     `vision_batch_tiles` tiles at once (None: all)."""
@@ -97,6 +121,7 @@ def prefill_by_length(
         features = image_features(model, pixel_values, vision_batch_tiles)
     keys: list[Any] = []
     values: list[Any] = []
+    keyword = cache_keyword(model.model)
     for length, rows in length_groups(lengths).items():
         extra: dict[str, Any] = {}
         tiles = [index for row in rows for index in range(slices[row].start, slices[row].stop)]
@@ -105,11 +130,11 @@ def prefill_by_length(
             extra["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=group_features)}
         output = model.model(
             input_ids=input_ids[rows, width - length : width - 1],
-            past_key_values=DynamicCache(config=model.config),
             use_cache=True,
+            **{keyword: DynamicCache(config=model.config)},
             **extra,
         )
-        for index, layer in enumerate(output.past_key_values.layers):
+        for index, layer in enumerate(getattr(output, keyword).layers):
             if index == len(keys):
                 shape = (batch, layer.keys.shape[1], width - 1)
                 keys.append(layer.keys.new_zeros((*shape, layer.keys.shape[3])))
