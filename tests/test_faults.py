@@ -94,9 +94,9 @@ def busy_model_actor(marker: str) -> int | None:
 def test_driver_killed_then_resumed_while_a_model_actor_is_killed(tmp_path: Path):
     """Kill -9 the driver once some output exists; re-run the same command and, during that
     run, kill -9 its model actor inside a batch. Every id ends up exactly once."""
-    manifest, ids = small_manifest(tmp_path, 400)
+    manifest, ids = small_manifest(tmp_path, 200)
     output = tmp_path / "out"
-    job = write_job(tmp_path / "job.json", manifest, output, rows_per_shard=50, rows_per_file=10)
+    job = write_job(tmp_path / "job.json", manifest, output, rows_per_shard=25, rows_per_file=5)
     marker = f"PIPELINE_TEST_RUN={uuid.uuid4().hex}"
     first = start_cli(job, marker, tmp_path / "first.log")
     try:
@@ -137,7 +137,7 @@ def test_driver_killed_then_resumed_while_a_model_actor_is_killed(tmp_path: Path
     table = assert_exactly_once(output, ids)
     assert table.column("error").null_count == table.num_rows  # the killed batch was redone, row by row
     markers = assert_markers_consistent(output)
-    assert markers == 8  # 400 rows / 50 per shard, every one sealed
+    assert markers == 8  # 200 rows / 25 per shard, every one sealed
     assert (output / "_SUCCESS").exists() and not (output / "_lease.json").exists()
     summary = json.loads((output / "_summary.json").read_text())
     assert summary["rows_skipped_by_resume"] == len(before)
