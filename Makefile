@@ -28,8 +28,8 @@ quickstart: install
 test: install
 	$(BIN)/ruff check pipeline tests benchmarks
 	$(BIN)/ruff format --check pipeline tests benchmarks
-	@# The type check (about a minute of one core, cold) runs beside the tests, which leave a core
-	@# idle while their Ray instances start; its report follows theirs, and either failure fails.
+	@# The type check (about a minute on one core, cold) runs beside the tests, not before them
+	@# with the other core idle; its report follows theirs, and either failure fails the target.
 	$(BIN)/mypy pipeline benchmarks > $(VENV)/mypy.log 2>&1 & typecheck=$$!; \
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=15; tests=$$?; \
 	wait $$typecheck; typed=$$?; cat $(VENV)/mypy.log; \
