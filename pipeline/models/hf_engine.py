@@ -54,7 +54,7 @@ class HFEngine(Engine):
         self._torch = torch
         self._grammars: dict[str, Any] = {}
         self.prefill_by_length = choose_prefill(prefill, model) == "by_length"
-        self.cache_keyword = cache_keyword(model)
+        self.cache_keyword = cache_keyword(model)  # asked once: a signature is not per-batch work
         on_cpu = self.device.type == "cpu"
         self.vision_batch_tiles = vision_batch_tiles or (CPU_VISION_BATCH_TILES if on_cpu else None)
         # Reused by every batch (the model runs one batch at a time here): see PixelBuffer.
@@ -123,6 +123,7 @@ class HFEngine(Engine):
                         [r.num_tokens for r in batch],
                         options.max_new_tokens,
                         self.vision_batch_tiles,
+                        self.cache_keyword,
                     )
                 output = self.model.generate(**inputs, **kwargs)
         except torch.OutOfMemoryError as error:

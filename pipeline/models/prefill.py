@@ -101,11 +101,13 @@ def prefill_by_length(
     lengths: Sequence[int],
     max_new_tokens: int,
     vision_batch_tiles: int | None,
+    keyword: str,
 ) -> Any:
     """The key/value cache of every row's prompt but its last token, left-padded to the batch.
 
     `input_ids` is the left-padded (batch, width) prompt tensor, `lengths` each row's real
-    length, `pixel_values` the batch's tiles stacked in row order. Returns a transformers
+    length, `pixel_values` the batch's tiles stacked in row order, `keyword` the model's
+    `cache_keyword` (its inner model's forward was renamed in the same release). Returns a transformers
     cache holding width - 1 positions per row (a static one, sized for the answer, so that
     decoding does not copy the whole cache at every step), ready for `generate`.
     """
@@ -121,7 +123,6 @@ def prefill_by_length(
         features = image_features(model, pixel_values, vision_batch_tiles)
     keys: list[Any] = []
     values: list[Any] = []
-    keyword = cache_keyword(model.model)
     for length, rows in length_groups(lengths).items():
         extra: dict[str, Any] = {}
         tiles = [index for row in rows for index in range(slices[row].start, slices[row].stop)]
