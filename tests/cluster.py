@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from reliability import kill_all
+
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
@@ -27,6 +29,10 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+#: Seconds a stopping head gets to exit on SIGTERM before what is left of it is killed.
+STOP_GRACE_S = 2.0
 
 
 @dataclass
@@ -46,29 +52,20 @@ class LocalHead:
         for them would only add to every test that owns a head."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
-        deadline = time.time() + STOP_GRACE_S
-        while time.time() < deadline and self.process.poll() is None:
-            time.sleep(0.2)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=STOP_GRACE_S)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         for _ in range(3):  # processes that left the group but still name the head's temp dir
-            pids = [
-                int(p)
-                for p in subprocess.run(["pgrep", "-f", self.temp_dir], capture_output=True, text=True).stdout.split()
-            ]
-            pids = [p for p in pids if p != os.getpid()]
+            found = subprocess.run(["pgrep", "-f", self.temp_dir], capture_output=True, text=True).stdout.split()
+            pids = [int(p) for p in found if int(p) != os.getpid()]
             if not pids:
                 break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            kill_all(pids)
             time.sleep(0.5)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
 
-
-#: Seconds a stopping head gets to exit on SIGTERM before what is left of it is killed.
-STOP_GRACE_S = 2.0
 
 START_ATTEMPTS = 3
 
