@@ -43,7 +43,7 @@ MAX_TILES = 12
 MAX_NEW_TOKENS = 64
 BATCH_SIZE, WINDOW, TIMED_WINDOWS = 32, 128, 2
 # --quick: one-layer members, few rows, short answers (on a CPU: a smoke run).
-QUICK_MEMBERS, QUICK_BATCH_SIZE, QUICK_WINDOW, QUICK_NEW_TOKENS = ["InternVL3-1B"], 2, 2, 4
+QUICK_MEMBERS, QUICK_BATCH_SIZE, QUICK_WINDOW, QUICK_NEW_TOKENS = ["InternVL3-1B"], 1, 1, 4
 
 # Substrings of torch.cuda.get_device_name() -> the planner's device names, most specific first.
 GPU_NAMES = [("H100 PCIe", "h100-pcie"), ("H200", "h200"), ("H100", "h100"), ("A100", "a100"), ("L40S", "l40s")]
