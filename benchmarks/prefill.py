@@ -25,7 +25,7 @@ from benchmarks.model_rows import caption_spec, prepare_window
 
 MAX_TILES = 12
 MAX_NEW_TOKENS = 64
-ROWS, QUICK_ROWS = 64, 16  # one default window (8 x batch 8)
+ROWS, QUICK_ROWS = 64, 8  # one default window (8 x batch 8); --quick: one batch
 
 
 def prepared_window(paths: list[str], rows: int) -> Any:
