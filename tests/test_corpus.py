@@ -80,7 +80,7 @@ def test_every_bad_row_through_one_job(tmp_path: Path):
                     "max_file_bytes": CORPUS_MAX_FILE_BYTES,
                     "fetch_retries": 1,
                 },
-                "model": {"name": "tiny-random", "batch_size": 4},
+                "model": {"name": "tiny-random", "batch_size": 4, "replicas": 1},
                 "output": {"path": str(output)},
                 "ray": {"address": "local"},
             }

@@ -72,7 +72,7 @@ def job_run(tmp_path_factory: pytest.TempPathFactory, ray_session) -> dict[str, 
             "input": {"manifest": str(manifest)},
             "task": {"max_new_tokens": 8},
             "preprocess": {"workers": 1, "num_frames": 6},
-            "model": {"batch_size": 4},
+            "model": {"batch_size": 4, "replicas": 1},
             "output": {"path": str(root / "out"), "rows_per_file": 3},
         }
     )
