@@ -88,7 +88,7 @@ def start_cli(job: Path, marker: str, log: Path) -> subprocess.Popen:
         )
 
 
-def ray_workers(marker: str) -> list[str]:
+def processes_that_could_write(marker: str) -> list[str]:
     """The titles of this run's processes that could still write: all but the node's agents."""
     return [title for _, title in processes_with_env(marker) if not title.startswith(NODE_AGENTS)]
 
@@ -116,7 +116,7 @@ def test_driver_killed_then_resumed_while_a_model_actor_is_killed(tmp_path: Path
         first.wait(timeout=60)
         # The local Ray started by the killed driver goes down with it (Ray ties its processes
         # to the driver's life); wait for its workers to go, so no straggler writes during the checks.
-        wait_for(lambda: not ray_workers(marker), 120, "the killed run's Ray workers to exit", 0.5)
+        wait_for(lambda: not processes_that_could_write(marker), 120, "the killed run's workers to exit", 0.5)
     finally:
         kill_all([pid for pid, _ in processes_with_env(marker)])
     assert first.returncode == -signal.SIGKILL
