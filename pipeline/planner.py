@@ -14,7 +14,9 @@ Time comes from the FLOP model of design.md, per row:
     ViT FLOPs per tile x tiles  +  2 x LLM params x prompt tokens  +  2 x layers x tokens^2 x width
     (causal attention)  +  2 x LLM params x output tokens (decoding)
 
-divided by the device's peak dense BF16 rate times a stated utilisation. It is a
+divided by the device's peak dense BF16 rate times a stated utilisation (a tensor-parallel
+replica splits the language model over its devices and runs the vision tower whole on each,
+so its vision FLOPs count once per device: see `make_plan`). It is a
 compute bound: decoding is memory-bound on GPUs, and small models on CPUs are ruled by
 overheads, so measured times are higher (BENCHMARKS.md reports the ratio on a CPU run).
 """
@@ -441,6 +443,7 @@ class CapacityPlan:
     tflop_per_row_prefill_only: float
     bound_rows_per_s: float
     device_seconds_per_1000_rows: float
+    replica_seconds_per_1000_rows: float  # wall time of one replica; equal to the above with one device a replica
     device_hours_total: float
     gpus_per_replica: int
     header_seconds: float
@@ -464,6 +467,11 @@ def row_flops(shape: ModelShape, prediction: RowPrediction, output_tokens: int) 
     return prefill + shape.language.decode_flops(prediction.prompt_tokens, output_tokens), prefill
 
 
+def vision_flops(shape: ModelShape, prediction: RowPrediction) -> float:
+    """The vision tower's share of a row's FLOPs (none for an error row)."""
+    return 0.0 if prediction.error_kind is not None else shape.vision.flops_per_tile * prediction.num_tiles
+
+
 def make_plan(
     spec: JobSpec,
     plan: ManifestPlan,
@@ -481,8 +489,14 @@ def make_plan(
     flops = [row_flops(shape, p, output_tokens) for p in predictions]
     per_row = float(np.mean([f[0] for f in flops])) if flops else 0.0
     per_row_prefill = float(np.mean([f[1] for f in flops])) if flops else 0.0
-    rate = peak_tflops * 1e12 * utilisation
-    seconds_per_row = per_row / rate * shape.gpus if rate else math.inf
+    vision = float(np.mean([vision_flops(shape, p) for p in predictions])) if predictions else 0.0
+    # A tensor-parallel replica of g devices splits the language model over them, but every
+    # rank runs the whole vision tower on the whole batch (pipeline/models/tensor_parallel.py):
+    # a row's vision FLOPs are spent g times, its language FLOPs once, spread over g devices.
+    device_flops = shape.gpus * vision + (per_row - vision)
+    replica_flops = vision + (per_row - vision) / shape.gpus
+    rate = peak_tflops * 1e12 * utilisation  # one device's
+    seconds_per_row = device_flops / rate if rate else math.inf  # device-seconds
     histogram: dict[str, int] = {}
     for p in ok:
         histogram[str(p.num_tiles)] = histogram.get(str(p.num_tiles), 0) + 1
@@ -502,8 +516,9 @@ def make_plan(
         error_rows=len(predictions) - len(ok),
         tflop_per_row=round(per_row / 1e12, 6),
         tflop_per_row_prefill_only=round(per_row_prefill / 1e12, 6),
-        bound_rows_per_s=round(peak_tflops * 1e12 / per_row / shape.gpus, 3) if per_row else math.inf,
+        bound_rows_per_s=round(peak_tflops * 1e12 / replica_flops, 3) if per_row else math.inf,
         device_seconds_per_1000_rows=round(seconds_per_row * 1000, 3),
+        replica_seconds_per_1000_rows=round(replica_flops / rate * 1000, 3) if rate else math.inf,
         device_hours_total=float(f"{seconds_per_row * plan.total_rows / 3600:.6g}"),
         gpus_per_replica=shape.gpus,
         header_seconds=round(header_seconds, 3),
@@ -569,6 +584,8 @@ def plan_job(
 def format_plan(result: CapacityPlan) -> str:
     """The human-readable report."""
     hours = result.device_hours_total
+    gpus = result.gpus_per_replica
+    per_device = f" ({result.bound_rows_per_s / gpus:.4g} per device)" if gpus > 1 else ""
     lines = [
         f"plan for {result.job}: {result.manifest_rows:,} manifest rows, {result.sampled_rows} sampled "
         f"(headers only, {result.header_seconds:.1f} s)",
@@ -580,7 +597,7 @@ def format_plan(result: CapacityPlan) -> str:
         f"the rest decoding {result.output_tokens} tokens)",
         f"  device               {result.device}, peak {result.peak_tflops:.4g} TFLOP/s, "
         f"utilisation {result.utilisation:.0%}",
-        f"  bound at 100%        {result.bound_rows_per_s:.4g} rows/s per replica",
+        f"  bound at 100%        {result.bound_rows_per_s:.4g} rows/s per replica{per_device}",
         f"  device-seconds       {result.device_seconds_per_1000_rows:.4g} per 1,000 rows",
         f"  total                {hours:.4g} device-hours ({hours / 24:.3g} device-days)",
     ]
@@ -626,7 +643,8 @@ def check_against_run(result: CapacityPlan, output: str) -> dict[str, Any]:
         summary = json.loads(summary_path.read_text())
         measured = summary["stage_seconds"]["generate"]
         done = summary["rows_ok"]
-        predicted = result.device_seconds_per_1000_rows / 1000 * done
+        # `generate` sums each replica's time (a tensor-parallel gang's rank 0's), not each device's.
+        predicted = result.replica_seconds_per_1000_rows / 1000 * done
         check.update(
             {
                 "measured_model_seconds": measured,

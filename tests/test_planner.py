@@ -18,6 +18,7 @@ from pipeline.planner import (
     FAMILY,
     RowPrediction,
     check_against_run,
+    format_plan,
     make_plan,
     model_shape,
     plan_job,
@@ -146,6 +147,7 @@ def test_plan_scales_the_sample_to_the_manifest(tmp_path: Path, make_spec):
     per_row_s = result.tflop_per_row * 1e12 / (989e12 * 0.5)
     assert result.device_seconds_per_1000_rows == pytest.approx(1000 * per_row_s, rel=1e-3)
     assert result.device_hours_total == pytest.approx(250 * per_row_s / 3600, rel=1e-2)
+    assert result.replica_seconds_per_1000_rows == result.device_seconds_per_1000_rows  # one device a replica
     plan = make_plan(spec, plan_manifest(spec.input), result.rows, FAMILY["InternVL3-2B"], "x", 100.0, 1.0, 0, "t", 0)
     assert plan.tflop_per_row == plan.tflop_per_row_prefill_only
 
@@ -162,3 +164,25 @@ def test_plan_command(tmp_path: Path):
     assert data["device_hours_total"] > 0
     unknown = run_cli("plan", str(job), "--set", "model.name=acme/vlm", timeout=300)
     assert unknown.returncode == 2 and "--model" in unknown.stderr
+
+
+def test_a_tensor_parallel_replica_splits_the_language_model_and_repeats_the_vision_tower(tmp_path: Path, make_spec):
+    """78B needs 4 H100s a replica. Its language model is split over them, but every rank runs
+    the whole vision tower (README: tensor parallel), so a row's vision FLOPs are spent 4
+    times and its language FLOPs once. (The planner once charged all 4 devices the whole
+    row: on these rows 78B's device-hours came out 2.4x too high, its bound per replica 9.6x too low.)"""
+    image = write_image(tmp_path / "a.jpg", 900, 600)  # 3x2 grid + thumbnail: 7 tiles
+    manifest = write_manifest(tmp_path / "m.parquet", [{"id": f"r{i}", "uri": str(image)} for i in range(30)])
+    spec = make_spec(manifest)
+    result = plan_job(spec, sample=5, device="h100", utilisation=0.5, model="InternVL3-78B", output_tokens=32)
+    assert result.gpus_per_replica == 4 and result.mean_tiles == 7
+    vision = 7 * FAMILY["InternVL3-78B"].vision.flops_per_tile
+    language = result.tflop_per_row * 1e12 - vision
+    assert 0 < vision < language
+    rate = 989e12 * 0.5
+    assert result.device_seconds_per_1000_rows == pytest.approx(1000 * (4 * vision + language) / rate, rel=1e-3)
+    assert result.device_hours_total == pytest.approx(30 * (4 * vision + language) / rate / 3600, rel=1e-3)
+    assert result.bound_rows_per_s == pytest.approx(989e12 / (vision + language / 4), rel=1e-3)
+    assert result.replica_seconds_per_1000_rows == pytest.approx(1000 * (vision + language / 4) / rate, rel=1e-3)
+    text = format_plan(result)
+    assert "rows/s per replica (" in text and " per device)" in text
