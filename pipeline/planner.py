@@ -103,7 +103,10 @@ class ModelShape:
     name: str
     vision: VisionShape
     language: LanguageShape
-    gpus: int = 1  # GPUs one replica needs in bf16
+    gpus: int = 1  # devices one replica spans
+    # The replica's devices hold consecutive layers and work in turn (`model.device_map: auto`,
+    # quantised members) instead of splitting each layer (tensor parallel).
+    layer_split: bool = False
 
 
 def _family_shapes() -> dict[str, ModelShape]:
@@ -446,6 +449,7 @@ class CapacityPlan:
     replica_seconds_per_1000_rows: float  # wall time of one replica; equal to the above with one device a replica
     device_hours_total: float
     gpus_per_replica: int
+    replica_split: str  # how a replica's devices share a row: 'none' (one device), 'tensor_parallel' or 'layers'
     header_seconds: float
     rows: list[RowPrediction] = field(default_factory=list)
 
@@ -490,11 +494,15 @@ def make_plan(
     per_row = float(np.mean([f[0] for f in flops])) if flops else 0.0
     per_row_prefill = float(np.mean([f[1] for f in flops])) if flops else 0.0
     vision = float(np.mean([vision_flops(shape, p) for p in predictions])) if predictions else 0.0
-    # A tensor-parallel replica of g devices splits the language model over them, but every
-    # rank runs the whole vision tower on the whole batch (pipeline/models/tensor_parallel.py):
-    # a row's vision FLOPs are spent g times, its language FLOPs once, spread over g devices.
-    device_flops = shape.gpus * vision + (per_row - vision)
-    replica_flops = vision + (per_row - vision) / shape.gpus
+    if shape.layer_split:
+        # The devices work in turn: a row takes all its FLOPs at one device's rate, all g held.
+        device_flops, replica_flops = shape.gpus * per_row, per_row
+    else:
+        # A tensor-parallel replica of g devices splits the language model over them, but every
+        # rank runs the whole vision tower on the whole batch (pipeline/models/tensor_parallel.py):
+        # a row's vision FLOPs are spent g times, its language FLOPs once, spread over g devices.
+        device_flops = shape.gpus * vision + (per_row - vision)
+        replica_flops = vision + (per_row - vision) / shape.gpus
     rate = peak_tflops * 1e12 * utilisation  # one device's
     seconds_per_row = device_flops / rate if rate else math.inf  # device-seconds
     histogram: dict[str, int] = {}
@@ -521,6 +529,7 @@ def make_plan(
         replica_seconds_per_1000_rows=round(replica_flops / rate * 1000, 3) if rate else math.inf,
         device_hours_total=float(f"{seconds_per_row * plan.total_rows / 3600:.6g}"),
         gpus_per_replica=shape.gpus,
+        replica_split="none" if shape.gpus == 1 else "layers" if shape.layer_split else "tensor_parallel",
         header_seconds=round(header_seconds, 3),
         rows=predictions,
     )
@@ -559,7 +568,11 @@ def plan_job(
             raise JobError(
                 f"--device {device!r} is unknown; use one of {', '.join([*DEVICES, 'cpu'])} or --peak-tflops"
             )
-    shape = replace(shape, gpus=devices_per_replica(shape, device, spec.model.quantization))
+    gpus = devices_per_replica(shape, device, spec.model.quantization)
+    if model is None:  # the job's own model: as many devices a replica as the spec gives it, if more
+        gpus = max(gpus, spec.model.gpus_per_replica or spec.model.tensor_parallel)
+    layer_split = spec.model.quantization is not None or spec.model.device_map == "auto"
+    shape = replace(shape, gpus=gpus, layer_split=layer_split and gpus > 1)
     plan = plan_manifest(spec.input, spec.storage)
     tokenizer, note = load_tokenizer(spec)
     started = time.perf_counter()
@@ -586,13 +599,14 @@ def format_plan(result: CapacityPlan) -> str:
     hours = result.device_hours_total
     gpus = result.gpus_per_replica
     per_device = f" ({result.bound_rows_per_s / gpus:.4g} per device)" if gpus > 1 else ""
+    split = {"none": "", "layers": ", layers split", "tensor_parallel": ", tensor parallel"}[result.replica_split]
     lines = [
         f"plan for {result.job}: {result.manifest_rows:,} manifest rows, {result.sampled_rows} sampled "
         f"(headers only, {result.header_seconds:.1f} s)",
         f"  tiles per row        mean {result.mean_tiles}  (histogram {result.tiles_histogram})",
         f"  prompt tokens / row  mean {result.mean_prompt_tokens}  ({result.tokenizer})",
         f"  rows with errors     {result.error_rows} of the sample",
-        f"  model                {result.model} ({result.gpus_per_replica} device(s) per replica)",
+        f"  model                {result.model} ({gpus} device(s) per replica{split})",
         f"  FLOPs per row        {result.tflop_per_row:.4g} TFLOP ({result.tflop_per_row_prefill_only:.4g} prefill, "
         f"the rest decoding {result.output_tokens} tokens)",
         f"  device               {result.device}, peak {result.peak_tflops:.4g} TFLOP/s, "

@@ -186,3 +186,29 @@ def test_a_tensor_parallel_replica_splits_the_language_model_and_repeats_the_vis
     assert result.replica_seconds_per_1000_rows == pytest.approx(1000 * (vision + language / 4) / rate, rel=1e-3)
     text = format_plan(result)
     assert "rows/s per replica (" in text and " per device)" in text
+
+
+def test_a_layer_split_replica_holds_its_devices_for_the_whole_row_and_the_spec_may_ask_for_more(
+    tmp_path: Path, make_spec
+):
+    """Quantised 78B cannot be tensor-parallel: its replica spans 2 H100s layer by layer, the
+    devices working in turn, so a row takes all its FLOPs at one device's rate while both are
+    held. A job that gives its own model more devices than it needs is planned with them."""
+    image = write_image(tmp_path / "a.jpg", 900, 600)
+    manifest = write_manifest(tmp_path / "m.parquet", [{"id": f"r{i}", "uri": str(image)} for i in range(30)])
+    quantised = make_spec(manifest, model={"name": "dummy:InternVL3-78B", "quantization": "int8"})
+    result = plan_job(quantised, sample=5, device="h100", utilisation=0.5, output_tokens=32)
+    assert (result.gpus_per_replica, result.replica_split) == (2, "layers")
+    per_row = result.tflop_per_row * 1e12
+    assert result.bound_rows_per_s == pytest.approx(989e12 / per_row, rel=1e-3)
+    assert result.replica_seconds_per_1000_rows == pytest.approx(1000 * per_row / (989e12 * 0.5), rel=1e-3)
+    assert result.device_seconds_per_1000_rows == pytest.approx(2 * result.replica_seconds_per_1000_rows, rel=1e-3)
+    assert "2 device(s) per replica, layers split" in format_plan(result)
+
+    wide = make_spec(manifest, model={"name": "dummy:InternVL3-78B", "tensor_parallel": 8})
+    eight = plan_job(wide, sample=5, device="h100", utilisation=0.5, output_tokens=32)
+    assert (eight.gpus_per_replica, eight.replica_split) == (8, "tensor_parallel")
+    four = plan_job(wide, sample=5, device="h100", utilisation=0.5, model="InternVL3-78B", output_tokens=32)
+    assert four.gpus_per_replica == 4  # --model plans the member as the family needs it
+    assert eight.replica_seconds_per_1000_rows < four.replica_seconds_per_1000_rows
+    assert eight.device_seconds_per_1000_rows > four.device_seconds_per_1000_rows  # the vision tower on 8 ranks
