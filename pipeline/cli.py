@@ -355,6 +355,20 @@ def bench(name: str, reps: int | None, quick: bool, workdir: str | None) -> None
     help="Expected answer length (default task.max_new_tokens, an upper bound).",
 )
 @click.option(
+    "--gpus",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Devices of the cluster (GPUs; cores with --device cpu): adds replicas, rows/s, wall-clock hours "
+    "and the CPU cores that keep them fed.",
+)
+@click.option(
+    "--cpu-sample",
+    type=click.IntRange(min=0),
+    default=16,
+    show_default=True,
+    help="Sampled rows to fetch, decode and tile here to cost the CPU stage (0: skip).",
+)
+@click.option(
     "--check",
     "check_output",
     type=click.Path(file_okay=False),
@@ -372,6 +386,8 @@ def plan(
     model: str | None,
     peak_tflops: float | None,
     output_tokens: int | None,
+    gpus: int | None,
+    cpu_sample: int,
     check_output: str | None,
     as_json: bool,
 ) -> None:
@@ -389,6 +405,8 @@ def plan(
         model=model,
         peak_tflops=peak_tflops,
         output_tokens=output_tokens,
+        gpus=gpus,
+        cpu_sample=cpu_sample,
     )
     data = result.to_json()
     if check_output:
@@ -407,4 +425,9 @@ def plan(
             click.echo(
                 f"  model time: measured {check['measured_model_seconds']:.3g} s, predicted "
                 f"{check['predicted_model_seconds']:.3g} s (measured/predicted {check['measured_over_predicted']})"
+            )
+        if "cpu_stage_run_over_plan" in check:
+            click.echo(
+                f"  CPU stage: run/plan {check['cpu_stage_run_over_plan']} (median over "
+                f"{check['cpu_stage_rows_compared']} rows: the run's CPU actors against the plan's measurement)"
             )

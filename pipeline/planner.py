@@ -40,6 +40,7 @@ from pipeline.readers.manifest import ID, ManifestPlan, read_shard
 from pipeline.spec import JobSpec, ModelSpec
 
 HEADER_BYTES = 512 * 1024  # enough for the headers (and EXIF) of nearly every image file
+CPU_SAMPLE_ROWS = 16  # sampled rows the planner decodes in full to cost the CPU stage
 
 # ---------------------------------------------------------------------------------------
 # FLOP shapes: the InternVL3 family's configs (from `pipeline.models.family`) and tiny-random.
@@ -343,6 +344,7 @@ class RowPrediction:
     prompt_tokens: int
     error_kind: str | None = None
     error: str | None = None
+    cpu_stage_s: float | None = None  # CPU seconds of its CPU-stage work here, for the rows `measure_cpu_stage` ran
 
 
 def load_tokenizer(spec: JobSpec) -> tuple[Any, str]:
@@ -426,6 +428,17 @@ def sample_rows(spec: JobSpec, plan: ManifestPlan, count: int) -> list[dict[str,
 
 
 @dataclass
+class ClusterPlan:
+    """The plan on a cluster of a given size (`on_cluster`)."""
+
+    gpus: int  # devices (GPUs; cores with --device cpu)
+    replicas: int  # whole replicas they hold; devices left over stay idle
+    rows_per_s: float  # at the stated utilisation
+    wall_hours: float
+    cpu_stage_cores: float | None  # cores the CPU stage needs to keep every replica fed (None: not measured)
+
+
+@dataclass
 class CapacityPlan:
     """The planner's answer."""
 
@@ -452,6 +465,12 @@ class CapacityPlan:
     replica_split: str  # how a replica's devices share a row: 'none' (one device), 'tensor_parallel' or 'layers'
     header_seconds: float
     rows: list[RowPrediction] = field(default_factory=list)
+    # What feeding the replicas costs (`with_cpu_stage`): design.md's warning that CPU decoding,
+    # not the GPU, starves real deployments, turned into a number of cores.
+    cpu_stage_core_seconds_per_row: float | None = None  # measured here, one thread
+    cpu_stage_rows_measured: int = 0
+    cpu_cores_per_replica: float | None = None  # to keep one replica busy at the stated utilisation
+    cluster: ClusterPlan | None = None  # `plan --gpus N`
 
     def to_json(self, with_rows: bool = False) -> dict[str, Any]:
         """A JSON-able dict (rows left out unless asked)."""
@@ -535,6 +554,61 @@ def make_plan(
     )
 
 
+def measure_cpu_stage(spec: JobSpec, rows: list[dict[str, Any]], predictions: list[RowPrediction], count: int) -> None:
+    """Time the CPU stage's own work (fetch, decode, tile, sample frames) on up to `count` of
+    the sampled rows (evenly spaced), here, on one thread: CPU seconds into their predictions.
+
+    The tile and token predictions read headers only; this is the one place the planner
+    decodes, because whether a cluster's CPUs keep its GPUs fed is the other half of a
+    capacity plan. One row is prepared first and not counted: it pays for the lazy imports
+    and the resampling kernels' compilation, which a long run pays once per CPU worker.
+    """
+    if count <= 0 or not rows:
+        return
+    picks = sorted({int(i) for i in np.linspace(0, len(rows) - 1, num=min(count, len(rows)))})
+    preprocessor = Preprocessor(spec)
+    preprocessor.prepare(rows[picks[0]])
+    for index in picks:
+        started = time.process_time()
+        preprocessor.prepare(rows[index])
+        predictions[index].cpu_stage_s = time.process_time() - started
+
+
+def with_cpu_stage(result: CapacityPlan) -> CapacityPlan:
+    """The plan with the CPU stage's cost: cores that keep one replica busy at the stated utilisation."""
+    measured = [p.cpu_stage_s for p in result.rows if p.cpu_stage_s is not None]
+    if not measured:
+        return result
+    core_seconds_per_row = float(np.mean(measured))
+    replica_rows_per_s = 1000 / result.replica_seconds_per_1000_rows
+    return replace(
+        result,
+        cpu_stage_core_seconds_per_row=round(core_seconds_per_row, 5),
+        cpu_stage_rows_measured=len(measured),
+        cpu_cores_per_replica=round(replica_rows_per_s * core_seconds_per_row, 3),
+    )
+
+
+def on_cluster(result: CapacityPlan, gpus: int) -> CapacityPlan:
+    """The plan on a cluster of `gpus` devices: replicas, rows/s, wall-clock hours, CPU cores to feed them."""
+    replicas = gpus // result.gpus_per_replica
+    if replicas == 0:
+        raise JobError(
+            f"--gpus {gpus} is fewer than the {result.gpus_per_replica} device(s) one replica of {result.model} "
+            f"spans on {result.device}"
+        )
+    rows_per_s = replicas * 1000 / result.replica_seconds_per_1000_rows
+    cores = result.cpu_cores_per_replica
+    cluster = ClusterPlan(
+        gpus=gpus,
+        replicas=replicas,
+        rows_per_s=round(rows_per_s, 3),
+        wall_hours=float(f"{result.manifest_rows / rows_per_s / 3600:.6g}"),
+        cpu_stage_cores=None if cores is None else round(replicas * cores, 2),
+    )
+    return replace(result, cluster=cluster)
+
+
 def plan_job(
     spec: JobSpec,
     sample: int = 1000,
@@ -543,8 +617,10 @@ def plan_job(
     model: str | None = None,
     peak_tflops: float | None = None,
     output_tokens: int | None = None,
+    gpus: int | None = None,
+    cpu_sample: int = CPU_SAMPLE_ROWS,
 ) -> CapacityPlan:
-    """Sample, predict and cost a (raw) job spec."""
+    """Sample, predict and cost a (raw) job spec; with `gpus`, on a cluster of that many devices."""
     from pipeline.prompts.tasks import resolve_spec
     from pipeline.readers.manifest import plan_manifest
     from pipeline.runner import absolute_paths
@@ -568,11 +644,11 @@ def plan_job(
             raise JobError(
                 f"--device {device!r} is unknown; use one of {', '.join([*DEVICES, 'cpu'])} or --peak-tflops"
             )
-    gpus = devices_per_replica(shape, device, spec.model.quantization)
+    per_replica = devices_per_replica(shape, device, spec.model.quantization)
     if model is None:  # the job's own model: as many devices a replica as the spec gives it, if more
-        gpus = max(gpus, spec.model.gpus_per_replica or spec.model.tensor_parallel)
+        per_replica = max(per_replica, spec.model.gpus_per_replica or spec.model.tensor_parallel)
     layer_split = spec.model.quantization is not None or spec.model.device_map == "auto"
-    shape = replace(shape, gpus=gpus, layer_split=layer_split and gpus > 1)
+    shape = replace(shape, gpus=per_replica, layer_split=layer_split and per_replica > 1)
     plan = plan_manifest(spec.input, spec.storage)
     tokenizer, note = load_tokenizer(spec)
     started = time.perf_counter()
@@ -580,18 +656,22 @@ def plan_job(
     predictions = predict_rows(spec, rows, tokenizer)
     assert spec.task.max_new_tokens is not None
     new_tokens = spec.task.max_new_tokens if output_tokens is None else output_tokens
-    return make_plan(
-        spec,
-        plan,
-        predictions,
-        shape,
-        device,
-        peak_tflops,
-        utilisation,
-        new_tokens,
-        note,
-        time.perf_counter() - started,
+    header_seconds = time.perf_counter() - started
+    measure_cpu_stage(spec, rows, predictions, cpu_sample)
+    result = with_cpu_stage(
+        make_plan(spec, plan, predictions, shape, device, peak_tflops, utilisation, new_tokens, note, header_seconds)
     )
+    return on_cluster(result, gpus) if gpus else result
+
+
+def readable_duration(hours: float) -> str:
+    """Hours in the unit a person reads at a glance (a sample job's seconds, an archive's days)."""
+    seconds = hours * 3600
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    if hours < 2:
+        return f"{seconds / 60:.3g} min"
+    return f"{hours:.3g} h" if hours < 48 else f"{hours / 24:.3g} days"
 
 
 def format_plan(result: CapacityPlan) -> str:
@@ -615,6 +695,21 @@ def format_plan(result: CapacityPlan) -> str:
         f"  device-seconds       {result.device_seconds_per_1000_rows:.4g} per 1,000 rows",
         f"  total                {hours:.4g} device-hours ({hours / 24:.3g} device-days)",
     ]
+    if result.cpu_stage_core_seconds_per_row is not None:
+        lines += [
+            f"  CPU stage            {result.cpu_stage_core_seconds_per_row:.4g} core-s per row (fetch, decode, tile: "
+            f"{result.cpu_stage_rows_measured} sampled rows on this machine, one thread)",
+            f"  CPU to keep up       {result.cpu_cores_per_replica:.3g} cores per replica at "
+            f"{result.utilisation:.0%} utilisation",
+        ]
+    cluster = result.cluster
+    if cluster is not None:
+        label = f"on {cluster.gpus} devices"
+        cores = "" if cluster.cpu_stage_cores is None else f", CPU stage {cluster.cpu_stage_cores:.3g} cores"
+        lines.append(
+            f"  {label:<21}{cluster.replicas} replica(s), {cluster.rows_per_s:.4g} rows/s, "
+            f"{readable_duration(cluster.wall_hours)} wall{cores}"
+        )
     return "\n".join(lines)
 
 
@@ -627,7 +722,7 @@ def check_against_run(result: CapacityPlan, output: str) -> dict[str, Any]:
     fs, path = filesystem_for(output)
     if not fs.exists(path):
         raise JobError(f"--check: {output} does not exist; point it at a finished run's output.path")
-    table = pq.read_table(output, columns=["id", "num_tiles", "prompt_tokens", "error_kind"])
+    table = pq.read_table(output, columns=["id", "num_tiles", "prompt_tokens", "error_kind", "preprocess_s"])
     actual = {row["id"]: row for row in table.to_pylist()}
     compared = tiles_equal = tokens_equal = 0
     mismatches = []
@@ -652,6 +747,18 @@ def check_against_run(result: CapacityPlan, output: str) -> dict[str, Any]:
         "prompt_tokens_exact": tokens_equal,
         "mismatches": mismatches[:10],
     }
+    # The CPU stage, row by row: the run's seconds in its CPU actor against the plan's here. The
+    # median, because each CPU worker's first row also pays for its imports and kernel compilation.
+    ratios = []
+    for prediction in result.rows:
+        row = actual.get(prediction.id)
+        if not prediction.cpu_stage_s or prediction.error_kind is not None or row is None:
+            continue
+        if row["error_kind"] is None and row["preprocess_s"] is not None:
+            ratios.append(row["preprocess_s"] / prediction.cpu_stage_s)
+    if ratios:
+        check["cpu_stage_rows_compared"] = len(ratios)
+        check["cpu_stage_run_over_plan"] = round(float(np.median(ratios)), 2)
     summary_path = Path(output) / "_summary.json"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())

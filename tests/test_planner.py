@@ -14,6 +14,7 @@ from conftest import run_cli
 from media import write_image, write_manifest, write_png_header_only
 from PIL import Image
 
+from pipeline.errors import JobError
 from pipeline.planner import (
     FAMILY,
     RowPrediction,
@@ -22,6 +23,7 @@ from pipeline.planner import (
     make_plan,
     model_shape,
     plan_job,
+    readable_duration,
     sample_rows,
 )
 
@@ -93,6 +95,9 @@ def test_predictions_equal_a_real_run(tmp_path: Path, make_spec, ray_session):
     assert predicted["video"].num_tiles == 6 == actual["video"]["num_tiles"]
     assert actual["rotated"]["num_tiles"] == predicted["rotated"].num_tiles
     assert check["measured_over_predicted"] > 0
+    measured = [p for p in result.rows if p.cpu_stage_s is not None]
+    assert len(measured) == len(rows) == result.cpu_stage_rows_measured  # the default 16 covers them all
+    assert check["cpu_stage_rows_compared"] == len(rows) - 2 and check["cpu_stage_run_over_plan"] > 0
 
 
 def test_flop_model_matches_design_figures():
@@ -157,11 +162,15 @@ def test_plan_command(tmp_path: Path):
     manifest = write_manifest(tmp_path / "m.parquet", [{"id": f"r{i}", "uri": str(image)} for i in range(20)])
     job = tmp_path / "job.yaml"
     job.write_text(f"input:\n  manifest: {manifest}\noutput:\n  path: {tmp_path / 'out'}\n")
-    done = run_cli("plan", str(job), "--model", "InternVL3-8B", "--json", timeout=300)
+    done = run_cli("plan", str(job), "--model", "InternVL3-8B", "--gpus", "8", "--json", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     data = json.loads(done.stdout.strip().splitlines()[-1])
     assert data["manifest_rows"] == 20 and data["model"] == "InternVL3-8B" and data["device"] == "h100"
-    assert data["device_hours_total"] > 0
+    assert (
+        data["device_hours_total"] > 0 and data["cluster"]["replicas"] == 8 and data["cluster"]["cpu_stage_cores"] > 0
+    )
+    too_few = run_cli("plan", str(job), "--model", "InternVL3-78B", "--gpus", "2", timeout=300)
+    assert too_few.returncode == 2 and "--gpus 2 is fewer than the 4 device(s)" in too_few.stderr
     unknown = run_cli("plan", str(job), "--set", "model.name=acme/vlm", timeout=300)
     assert unknown.returncode == 2 and "--model" in unknown.stderr
 
@@ -212,3 +221,37 @@ def test_a_layer_split_replica_holds_its_devices_for_the_whole_row_and_the_spec_
     assert four.gpus_per_replica == 4  # --model plans the member as the family needs it
     assert eight.replica_seconds_per_1000_rows < four.replica_seconds_per_1000_rows
     assert eight.device_seconds_per_1000_rows > four.device_seconds_per_1000_rows  # the vision tower on 8 ranks
+
+
+def test_plan_costs_the_cpu_stage_and_sizes_a_cluster(tmp_path: Path, make_spec):
+    """The CPU stage's cost is measured on a few sampled rows (decoded in full, here) and turned
+    into the cores that keep a replica fed; --gpus gives replicas, rows/s and wall-clock hours."""
+    image = write_image(tmp_path / "a.jpg", 1200, 900)
+    manifest = write_manifest(tmp_path / "m.parquet", [{"id": f"r{i}", "uri": str(image)} for i in range(20)])
+    spec = make_spec(manifest)
+    result = plan_job(spec, sample=20, device="h100", model="InternVL3-8B", output_tokens=32, gpus=8, cpu_sample=4)
+    measured = [p for p in result.rows if p.cpu_stage_s is not None]
+    assert [p.id for p in measured] == ["r0", "r6", "r12", "r19"]  # evenly spaced over the sample
+    assert all(p.cpu_stage_s > 0 for p in measured) and result.cpu_stage_rows_measured == 4
+    assert result.cpu_stage_core_seconds_per_row == pytest.approx(np.mean([p.cpu_stage_s for p in measured]), rel=1e-3)
+    replica_rows_per_s = 1000 / result.replica_seconds_per_1000_rows
+    assert result.cpu_cores_per_replica == pytest.approx(
+        replica_rows_per_s * result.cpu_stage_core_seconds_per_row, rel=1e-2
+    )
+    cluster = result.cluster
+    assert cluster is not None and (cluster.gpus, cluster.replicas) == (8, 8)
+    assert cluster.rows_per_s == pytest.approx(8 * replica_rows_per_s, rel=1e-3)
+    assert cluster.wall_hours == pytest.approx(20 / cluster.rows_per_s / 3600, rel=1e-3)
+    assert cluster.cpu_stage_cores == pytest.approx(8 * result.cpu_cores_per_replica, abs=0.01)
+    text = format_plan(result)
+    assert "CPU to keep up" in text and "on 8 devices" in text and "8 replica(s)" in text
+
+    skipped = plan_job(spec, sample=20, device="h100", model="InternVL3-8B", cpu_sample=0)
+    assert skipped.cpu_stage_core_seconds_per_row is None and skipped.cluster is None
+    assert "CPU stage" not in format_plan(skipped) and all(p.cpu_stage_s is None for p in skipped.rows)
+    with pytest.raises(JobError, match="--gpus 2 is fewer than the 4 device"):
+        plan_job(spec, sample=5, device="h100", model="InternVL3-78B", gpus=2, cpu_sample=0)
+
+
+def test_durations_read_at_a_glance():
+    assert [readable_duration(h) for h in (0.0002, 0.5, 30, 24 * 90)] == ["0.72 s", "30 min", "30 h", "90 days"]
