@@ -362,6 +362,12 @@ def bench(name: str, reps: int | None, quick: bool, workdir: str | None) -> None
     "and the CPU cores that keep them fed.",
 )
 @click.option(
+    "--cpus",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPUs of the cluster, with --gpus: the CPU workers 'auto' gives them and whether they keep the GPUs fed.",
+)
+@click.option(
     "--cpu-sample",
     type=click.IntRange(min=0),
     default=16,
@@ -387,6 +393,7 @@ def plan(
     peak_tflops: float | None,
     output_tokens: int | None,
     gpus: int | None,
+    cpus: int | None,
     cpu_sample: int,
     check_output: str | None,
     as_json: bool,
@@ -396,6 +403,9 @@ def plan(
 
     from pipeline.planner import check_against_run, format_plan, plan_job
     from pipeline.spec import load_spec
+
+    if cpus is not None and gpus is None:
+        raise click.UsageError("--cpus sizes a cluster together with --gpus")
 
     result = plan_job(
         load_spec(job, list(overrides)),
@@ -407,6 +417,7 @@ def plan(
         output_tokens=output_tokens,
         gpus=gpus,
         cpu_sample=cpu_sample,
+        cpus=cpus,
     )
     data = result.to_json()
     if check_output:

@@ -433,9 +433,13 @@ class ClusterPlan:
 
     gpus: int  # devices (GPUs; cores with --device cpu)
     replicas: int  # whole replicas they hold; devices left over stay idle
-    rows_per_s: float  # at the stated utilisation
+    rows_per_s: float  # at the stated utilisation, and within what the CPU stage feeds when `cpus` is known
     wall_hours: float
     cpu_stage_cores: float | None  # cores the CPU stage needs to keep every replica fed (None: not measured)
+    cpus: int | None = None  # the cluster's CPUs, when given (`plan --cpus`)
+    cpu_workers: int | None = None  # the CPU workers 'auto' gives those CPUs (pipeline/layout.py)
+    cpu_stage_rows_per_s: float | None = None  # what those workers feed, at the measured cost per row
+    bound_by: str = "gpus"  # 'gpus' or 'cpu stage': the stage that sets rows_per_s
 
 
 @dataclass
@@ -589,8 +593,23 @@ def with_cpu_stage(result: CapacityPlan) -> CapacityPlan:
     )
 
 
-def on_cluster(result: CapacityPlan, gpus: int) -> CapacityPlan:
-    """The plan on a cluster of `gpus` devices: replicas, rows/s, wall-clock hours, CPU cores to feed them."""
+def cpu_workers_on(spec: JobSpec, result: CapacityPlan, gpus: int, cpus: int) -> tuple[int, float]:
+    """The CPU workers a GPU job gets on a cluster of `gpus` GPUs and `cpus` CPUs, and the CPUs
+    each reserves: what `run` itself would choose there (`pipeline.layout.choose_layout`), for a
+    replica of the planned member's size."""
+    from pipeline.layout import Cluster, choose_layout
+
+    span = result.gpus_per_replica
+    split = {"device_map": "auto", "gpus_per_replica": span} if result.replica_split == "layers" else {}
+    model = spec.model.model_copy(update={"replicas": "auto", "tensor_parallel": 1 if split else span, **split})
+    layout = choose_layout(spec.model_copy(update={"model": model}), Cluster(cpus, gpus, 0.0), True, None)
+    return layout.workers, layout.cpus_per_worker or spec.preprocess.cpus_per_worker
+
+
+def on_cluster(result: CapacityPlan, gpus: int, cpus: int | None = None, spec: JobSpec | None = None) -> CapacityPlan:
+    """The plan on a cluster of `gpus` devices: replicas, rows/s, wall-clock hours, CPU cores to
+    feed them; with its `cpus` (and the job's `spec`), the CPU workers 'auto' gives it and
+    whether they keep up."""
     replicas = gpus // result.gpus_per_replica
     if replicas == 0:
         raise JobError(
@@ -602,10 +621,23 @@ def on_cluster(result: CapacityPlan, gpus: int) -> CapacityPlan:
     cluster = ClusterPlan(
         gpus=gpus,
         replicas=replicas,
-        rows_per_s=round(rows_per_s, 3),
-        wall_hours=float(f"{result.manifest_rows / rows_per_s / 3600:.6g}"),
+        rows_per_s=rows_per_s,
+        wall_hours=0.0,
         cpu_stage_cores=None if cores is None else round(replicas * cores, 2),
     )
+    if cpus is not None and spec is not None:
+        if result.device == "cpu":
+            raise JobError("--cpus sizes the CPU stage beside GPUs; with --device cpu, --gpus counts the cores")
+        if not result.cpu_stage_core_seconds_per_row:
+            raise JobError("--cpus needs the CPU stage's cost per row: --cpu-sample must be above 0")
+        workers, per_worker = cpu_workers_on(spec, result, gpus, cpus)
+        # A worker runs one thread: it does a core's work at most, less where it reserves less.
+        fed = workers * min(1.0, per_worker) / result.cpu_stage_core_seconds_per_row
+        cluster.cpus, cluster.cpu_workers, cluster.cpu_stage_rows_per_s = cpus, workers, round(fed, 3)
+        if fed < rows_per_s:
+            cluster.rows_per_s, cluster.bound_by = fed, "cpu stage"
+    cluster.wall_hours = float(f"{result.manifest_rows / cluster.rows_per_s / 3600:.6g}")
+    cluster.rows_per_s = round(cluster.rows_per_s, 3)
     return replace(result, cluster=cluster)
 
 
@@ -619,8 +651,9 @@ def plan_job(
     output_tokens: int | None = None,
     gpus: int | None = None,
     cpu_sample: int = CPU_SAMPLE_ROWS,
+    cpus: int | None = None,
 ) -> CapacityPlan:
-    """Sample, predict and cost a (raw) job spec; with `gpus`, on a cluster of that many devices."""
+    """Sample, predict and cost a (raw) job spec; with `gpus` (and `cpus`), on a cluster of that size."""
     from pipeline.prompts.tasks import resolve_spec
     from pipeline.readers.manifest import plan_manifest
     from pipeline.runner import absolute_paths
@@ -661,7 +694,7 @@ def plan_job(
     result = with_cpu_stage(
         make_plan(spec, plan, predictions, shape, device, peak_tflops, utilisation, new_tokens, note, header_seconds)
     )
-    return on_cluster(result, gpus) if gpus else result
+    return on_cluster(result, gpus, cpus, spec) if gpus else result
 
 
 def readable_duration(hours: float) -> str:
@@ -710,6 +743,11 @@ def format_plan(result: CapacityPlan) -> str:
             f"  {label:<21}{cluster.replicas} replica(s), {cluster.rows_per_s:.4g} rows/s, "
             f"{readable_duration(cluster.wall_hours)} wall{cores}"
         )
+        if cluster.cpus is not None:
+            lines.append(
+                f"  {'with ' + str(cluster.cpus) + ' CPUs':<21}{cluster.cpu_workers} CPU worker(s) feed "
+                f"{cluster.cpu_stage_rows_per_s:.4g} rows/s: bound by the {cluster.bound_by}"
+            )
     return "\n".join(lines)
 
 

@@ -171,6 +171,8 @@ def test_plan_command(tmp_path: Path):
     )
     too_few = run_cli("plan", str(job), "--model", "InternVL3-78B", "--gpus", "2", timeout=300)
     assert too_few.returncode == 2 and "--gpus 2 is fewer than the 4 device(s)" in too_few.stderr
+    alone = run_cli("plan", str(job), "--cpus", "16", timeout=300)
+    assert alone.returncode == 2 and "--cpus sizes a cluster together with --gpus" in alone.stderr
     unknown = run_cli("plan", str(job), "--set", "model.name=acme/vlm", timeout=300)
     assert unknown.returncode == 2 and "--model" in unknown.stderr
 
@@ -255,3 +257,27 @@ def test_plan_costs_the_cpu_stage_and_sizes_a_cluster(tmp_path: Path, make_spec)
 
 def test_durations_read_at_a_glance():
     assert [readable_duration(h) for h in (0.0002, 0.5, 30, 24 * 90)] == ["0.72 s", "30 min", "30 h", "90 days"]
+
+
+def test_plan_with_the_clusters_cpus_finds_the_stage_that_bounds_it(tmp_path: Path, make_spec):
+    """--cpus gives the CPU workers `run` would choose beside the replicas (pipeline/layout.py)
+    and the rows/s they feed at the measured cost; the slower of the two stages sets the pace."""
+    image = write_image(tmp_path / "a.jpg", 1200, 900)
+    manifest = write_manifest(tmp_path / "m.parquet", [{"id": f"r{i}", "uri": str(image)} for i in range(20)])
+    spec = make_spec(manifest, preprocess={"workers": "auto"})
+    common = {"sample": 20, "device": "h100", "model": "InternVL3-1B", "output_tokens": 32, "cpu_sample": 4}
+    for cpus, workers in ((10, 1), (64, 55)):  # 8 replicas reserve 8 CPUs, the tasks 1: the workers get the rest
+        result = plan_job(spec, gpus=8, cpus=cpus, **common)
+        cluster = result.cluster
+        assert cluster is not None and (cluster.cpus, cluster.cpu_workers) == (cpus, workers)
+        cost = result.cpu_stage_core_seconds_per_row
+        assert cost is not None and cluster.cpu_stage_rows_per_s == pytest.approx(workers / cost, rel=1e-3)
+        gpu_rate = 8 * 1000 / result.replica_seconds_per_1000_rows
+        assert cluster.rows_per_s == pytest.approx(min(gpu_rate, workers / cost), rel=1e-3)
+        assert cluster.bound_by == ("cpu stage" if workers / cost < gpu_rate else "gpus")
+        assert cluster.wall_hours == pytest.approx(20 / cluster.rows_per_s / 3600, rel=1e-3)
+        assert f"with {cpus} CPUs" in format_plan(result)
+    with pytest.raises(JobError, match="--cpu-sample must be above 0"):
+        plan_job(spec, gpus=8, cpus=16, **{**common, "cpu_sample": 0})
+    with pytest.raises(JobError, match="with --device cpu"):
+        plan_job(spec, gpus=2, cpus=16, **{**common, "device": "cpu", "model": None})
