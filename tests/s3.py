@@ -111,6 +111,7 @@ class FaultProxy:
     target: str
     rule: Rule
     requests: Counter = field(default_factory=Counter)
+    body_bytes: Counter = field(default_factory=Counter)  # bytes of response bodies served, per path
     endpoint: str = ""
     _server: ThreadingHTTPServer | None = None
 
@@ -152,10 +153,13 @@ class FaultProxy:
                 for key, value in response.getheaders():
                     if key.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
+                # A HEAD response has no body but tells the object's size: pass that on.
+                length = response.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
+                    proxy.body_bytes[path] += len(data)
                 upstream.close()
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
-from media import write_image, write_manifest, write_png_header_only
+from media import jpeg_bytes, write_image, write_manifest, write_png_header_only
 from PIL import Image
 
 from pipeline.errors import JobError
@@ -281,3 +281,40 @@ def test_plan_with_the_clusters_cpus_finds_the_stage_that_bounds_it(tmp_path: Pa
         plan_job(spec, gpus=8, cpus=16, **{**common, "cpu_sample": 0})
     with pytest.raises(JobError, match="with --device cpu"):
         plan_job(spec, gpus=2, cpus=16, **{**common, "device": "cpu", "model": None})
+
+
+def test_plan_on_s3_reads_headers_only_and_decodes_just_the_cpu_sample(s3, tmp_path: Path, make_spec):
+    """A manifest and media on a real S3 API (moto, behind a proxy that counts the bytes it
+    serves): tiles are predicted from ranged reads of the first bytes of each object, and
+    only the rows of the CPU sample are fetched whole."""
+    from s3 import FaultProxy
+
+    from pipeline.actors.tiling import choose_grid
+    from pipeline.planner import HEADER_BYTES
+
+    bucket = s3.bucket("plan-media")
+    big = jpeg_bytes(3000, 2000, seed=1)  # noise: several MB, far more than a header read
+    assert len(big) > 4 * HEADER_BYTES
+    s3.put(bucket, "photos/big.jpg", big)
+    s3.put(bucket, "photos/small.jpg", jpeg_bytes(900, 600, seed=2))
+    rows = [
+        {"id": "big", "uri": f"s3://{bucket}/photos/big.jpg"},
+        {"id": "small", "uri": f"s3://{bucket}/photos/small.jpg"},
+        {"id": "gone", "uri": f"s3://{bucket}/photos/gone.jpg"},
+    ]
+    manifest = write_manifest(tmp_path / "m.parquet", rows)
+    s3.put(bucket, "manifests/m.parquet", manifest.read_bytes())
+    proxy = FaultProxy(s3.endpoint, lambda method, path: None).start()
+    try:
+        spec = make_spec(f"s3://{bucket}/manifests/m.parquet", storage={"endpoint_url": proxy.endpoint})
+        result = plan_job(spec, sample=10, device="h100", model="InternVL3-8B", cpu_sample=0)
+        predicted = {p.id: p for p in result.rows}
+        assert predicted["big"].num_tiles == choose_grid(3000, 2000, 1, 12, 448, True).num_tiles
+        assert predicted["small"].num_tiles == 7 and predicted["gone"].error_kind == "missing"
+        assert 0 < proxy.body_bytes[f"{bucket}/photos/big.jpg"] <= HEADER_BYTES
+        proxy.body_bytes.clear()
+        decoded = plan_job(spec, sample=10, device="h100", model="InternVL3-8B", cpu_sample=3)
+        assert decoded.cpu_stage_rows_measured == 3 and decoded.cpu_stage_core_seconds_per_row > 0
+        assert proxy.body_bytes[f"{bucket}/photos/big.jpg"] >= len(big)
+    finally:
+        proxy.stop()
