@@ -19,6 +19,11 @@ replica splits the language model over its devices and runs the vision tower who
 so its vision FLOPs count once per device: see `make_plan`). It is a
 compute bound: decoding is memory-bound on GPUs, and small models on CPUs are ruled by
 overheads, so measured times are higher (BENCHMARKS.md reports the ratio on a CPU run).
+
+The other half of a plan is whether the CPUs keep the GPUs fed. For that, and only for
+that, the planner decodes a few sampled rows in full (`measure_cpu_stage`) and turns their
+CPU seconds into cores per replica; given a cluster's GPUs and CPUs (`on_cluster`), it
+finds the CPU workers `run` would start there and the stage that bounds the job.
 """
 
 from __future__ import annotations
