@@ -621,15 +621,8 @@ def on_cluster(result: CapacityPlan, gpus: int, cpus: int | None = None, spec: J
             f"--gpus {gpus} is fewer than the {result.gpus_per_replica} device(s) one replica of {result.model} "
             f"spans on {result.device}"
         )
-    rows_per_s = replicas * 1000 / result.replica_seconds_per_1000_rows
-    cores = result.cpu_cores_per_replica
-    cluster = ClusterPlan(
-        gpus=gpus,
-        replicas=replicas,
-        rows_per_s=rows_per_s,
-        wall_hours=0.0,
-        cpu_stage_cores=None if cores is None else round(replicas * cores, 2),
-    )
+    gpu_rows_per_s = replicas * 1000 / result.replica_seconds_per_1000_rows
+    workers, fed = None, None
     if cpus is not None and spec is not None:
         if result.device == "cpu":
             raise JobError("--cpus sizes the CPU stage beside GPUs; with --device cpu, --gpus counts the cores")
@@ -638,11 +631,19 @@ def on_cluster(result: CapacityPlan, gpus: int, cpus: int | None = None, spec: J
         workers, per_worker = cpu_workers_on(spec, result, gpus, cpus)
         # A worker runs one thread: it does a core's work at most, less where it reserves less.
         fed = workers * min(1.0, per_worker) / result.cpu_stage_core_seconds_per_row
-        cluster.cpus, cluster.cpu_workers, cluster.cpu_stage_rows_per_s = cpus, workers, round(fed, 3)
-        if fed < rows_per_s:
-            cluster.rows_per_s, cluster.bound_by = fed, "cpu stage"
-    cluster.wall_hours = float(f"{result.manifest_rows / cluster.rows_per_s / 3600:.6g}")
-    cluster.rows_per_s = round(cluster.rows_per_s, 3)
+    rows_per_s = gpu_rows_per_s if fed is None else min(gpu_rows_per_s, fed)
+    cores = result.cpu_cores_per_replica
+    cluster = ClusterPlan(
+        gpus=gpus,
+        replicas=replicas,
+        rows_per_s=round(rows_per_s, 3),
+        wall_hours=float(f"{result.manifest_rows / rows_per_s / 3600:.6g}"),
+        cpu_stage_cores=None if cores is None else round(replicas * cores, 2),
+        cpus=cpus if fed is not None else None,
+        cpu_workers=workers,
+        cpu_stage_rows_per_s=None if fed is None else round(fed, 3),
+        bound_by="cpu stage" if fed is not None and fed < gpu_rows_per_s else "gpus",
+    )
     return replace(result, cluster=cluster)
 
 
@@ -659,6 +660,7 @@ def plan_job(
     cpus: int | None = None,
 ) -> CapacityPlan:
     """Sample, predict and cost a (raw) job spec; with `gpus` (and `cpus`), on a cluster of that size."""
+    from pipeline.job import gpus_per_replica
     from pipeline.prompts.tasks import resolve_spec
     from pipeline.readers.manifest import plan_manifest
     from pipeline.runner import absolute_paths
@@ -684,7 +686,7 @@ def plan_job(
             )
     per_replica = devices_per_replica(shape, device, spec.model.quantization)
     if model is None:  # the job's own model: as many devices a replica as the spec gives it, if more
-        per_replica = max(per_replica, spec.model.gpus_per_replica or spec.model.tensor_parallel)
+        per_replica = max(per_replica, gpus_per_replica(spec.model))
     layer_split = spec.model.quantization is not None or spec.model.device_map == "auto"
     shape = replace(shape, gpus=per_replica, layer_split=layer_split and per_replica > 1)
     plan = plan_manifest(spec.input, spec.storage)
