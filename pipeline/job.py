@@ -55,6 +55,13 @@ class StageResources:
     cpus_per_model_actor: float
 
 
+def splits_layers(model: ModelSpec) -> bool:
+    """Whether a replica spreads its layers over its GPUs (accelerate's `device_map: auto`)
+    rather than sharding each layer (tensor parallel): always so for quantised weights,
+    which transformers cannot shard."""
+    return model.device_map == "auto" or model.quantization is not None
+
+
 def gpus_per_replica(model: ModelSpec) -> int:
     """GPUs one replica spans: its tensor-parallel ranks, or the GPUs a device_map replica is given."""
     if model.device_map == "auto":

@@ -660,7 +660,7 @@ def plan_job(
     cpus: int | None = None,
 ) -> CapacityPlan:
     """Sample, predict and cost a (raw) job spec; with `gpus` (and `cpus`), on a cluster of that size."""
-    from pipeline.job import gpus_per_replica
+    from pipeline.job import gpus_per_replica, splits_layers
     from pipeline.prompts.tasks import resolve_spec
     from pipeline.readers.manifest import plan_manifest
     from pipeline.runner import absolute_paths
@@ -687,8 +687,7 @@ def plan_job(
     per_replica = devices_per_replica(shape, device, spec.model.quantization)
     if model is None:  # the job's own model: as many devices a replica as the spec gives it, if more
         per_replica = max(per_replica, gpus_per_replica(spec.model))
-    layer_split = spec.model.quantization is not None or spec.model.device_map == "auto"
-    shape = replace(shape, gpus=per_replica, layer_split=layer_split and per_replica > 1)
+    shape = replace(shape, gpus=per_replica, layer_split=splits_layers(spec.model) and per_replica > 1)
     plan = plan_manifest(spec.input, spec.storage)
     tokenizer, note = load_tokenizer(spec)
     started = time.perf_counter()

@@ -411,8 +411,9 @@ def check_gpus_per_replica(model: ModelSpec, shape: ModelShape) -> None:
     quant = model.quantization
     weights = f"{shape.total_gb(dtype, quant):.1f} GB of {quant or dtype} weights"
     headroom = f"each GPU keeps {HEADROOM_FRACTION:.0%} for activations and the KV cache"
-    if model.device_map == "auto" or quant:
-        # Layer-split replicas; quantised weights cannot be sharded by tensor parallel.
+    from pipeline.job import splits_layers
+
+    if splits_layers(model):
         given = (model.gpus_per_replica or 1) if model.device_map == "auto" else 1
         needed_split = device_map_gpus_needed(shape, memory, dtype, quant)
         if given >= needed_split:
