@@ -11,6 +11,12 @@ its model stage (`Generator`: rows sorted by length, batches of 8, prefill by le
 with torch on one thread. Nothing crosses a process boundary and no scheduler runs
 beside them: what the cores do with the pipeline's own stage code and no orchestration,
 an estimate of the most any pipeline of these stages gets from this machine.
+
+Each window's end is recorded (wall clock and this process's CPU time), so the benchmark
+can time the windows after the first directly (`benchmarks.pipeline.window_rate`): a
+process's first window carries its start-up - imports, the model, and the first touch of
+every page of its heap, which on this VM costs several seconds and varies by as much from
+one run to the next - and a difference of two runs' wall times keeps that noise.
 """
 
 from __future__ import annotations
@@ -49,12 +55,14 @@ def main(argv: list[str]) -> None:
     window = rows_per_model_call(spec)
     ids: list[str] = []
     texts: list[str] = []
+    windows: list[dict[str, float]] = []
     for start in range(0, len(records), window):
         answered = generator(prepare_window(preprocessor, records[start : start + window]))
         ids.extend(answered.column("id").to_pylist())
         texts.extend(answered.column("text").to_pylist())
+        windows.append({"rows": answered.num_rows, "ended_at": time.time(), "cpu_s": time.process_time()})
     with open(out, "w", encoding="utf-8") as handle:
-        json.dump({"ids": ids, "texts": texts, "wall_s": time.perf_counter() - started}, handle)
+        json.dump({"ids": ids, "texts": texts, "wall_s": time.perf_counter() - started, "windows": windows}, handle)
 
 
 if __name__ == "__main__":

@@ -129,11 +129,29 @@ def test_per_core_processes_answer_as_the_sequential_script(tmp_path: Path):
         assert done.returncode == 0, done.stderr[-2000:]
         data = json.loads(out.read_text())
         texts.update(zip(data["ids"], data["texts"], strict=True))
+        assert [window["rows"] for window in data["windows"]] == [len(data["ids"])]  # one window of 1 or 2 rows
     reference = run_sequential(
         str(ensure_tiny_random(None)), paths, 4, 8, CAPTION_SHORT.image_question, DEFAULT_SYSTEM_MESSAGE
     )
     assert [texts[row_id] for row_id in ids] == reference.texts
     assert all(reference.texts)
+
+
+def test_per_core_steady_rate_leaves_out_each_process_first_window():
+    from benchmarks.cpu_shares import PER_CORE
+    from benchmarks.pipeline import window_rate
+
+    def windows(*ends: tuple[int, float, float]) -> list[dict[str, float]]:
+        return [{"rows": rows, "ended_at": ended_at, "cpu_s": cpu_s} for rows, ended_at, cpu_s in ends]
+
+    # Start-ups of 25 s and 30 s do not count; 64 rows in 20 s and 64 + 32 rows in 24 s do.
+    first = windows((64, 100.0, 24.0), (64, 120.0, 44.0))
+    second = windows((64, 105.0, 28.0), (64, 121.0, 44.0), (32, 129.0, 52.0))
+    rate, cpu = window_rate([first, second])
+    assert rate == 64 / 20 + 96 / 24
+    assert cpu == {PER_CORE: round(1000 * (20 + 24) / 160, 1)}
+    assert window_rate([first, windows((64, 100.0, 24.0))]) is None  # a process with one window: no steady part
+    assert window_rate([]) is None
 
 
 def test_cpu_roles_from_the_titles_ray_gives_processes():
