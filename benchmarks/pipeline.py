@@ -30,9 +30,9 @@ The per-core processes are timed inside the long run instead: each records the e
 every window, and their steady rate is the sum over processes of the rows after the first
 window over the time those windows took (`window_rate`). Their first window carries the
 start-up, and on this VM that start-up varies by several seconds from run to run (a fresh
-process's first touch of each heap page is slow: 8 s of system time in a first window,
-none in the next); the wall-time difference kept that noise, and with it the per-core
-figure swung from 6.6 to 10.6 rows/s in one run while every second window took 18 to 22 s.
+process's first touch of each heap page is slow: 7 to 9 s of system time in a first
+window, almost none in the next); the wall-time difference kept that noise, and with it the
+per-core figure swung from 6.6 to 10.6 rows/s in one run while second windows took 18 to 23 s.
 (Their differential rate is still recorded, as `differential_rows_per_s`.)
 The answers of the pipeline are compared with the script's.
 

@@ -144,7 +144,7 @@ def test_per_core_steady_rate_leaves_out_each_process_first_window():
     def windows(*ends: tuple[int, float, float]) -> list[dict[str, float]]:
         return [{"rows": rows, "ended_at": ended_at, "cpu_s": cpu_s} for rows, ended_at, cpu_s in ends]
 
-    # Start-ups of 25 s and 30 s do not count; 64 rows in 20 s and 64 + 32 rows in 24 s do.
+    # The first windows (ending at 100 s and 105 s) do not count; 64 rows in 20 s and 64 + 32 rows in 24 s do.
     first = windows((64, 100.0, 24.0), (64, 120.0, 44.0))
     second = windows((64, 105.0, 28.0), (64, 121.0, 44.0), (32, 129.0, 52.0))
     rate, cpu = window_rate([first, second])
