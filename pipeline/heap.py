@@ -14,6 +14,14 @@ rows of the same sizes again and again reaches in its first windows anyway.
 
 Only glibc's allocator is tuned (torch's CPU tensors, numpy arrays and Pillow's images
 come from it; Arrow's buffers use Arrow's own pool). Elsewhere this does nothing.
+
+One limit, measured and left: Ray runs an actor's calls on a thread of its own, not the
+process's main thread, and glibc serves such a thread from a secondary arena, whose heaps
+are at most 64 MiB; a block larger than that is still mapped afresh and unmapped when
+freed, whatever the thresholds. A replica's largest activations are such blocks. One arena
+for the whole process (`MALLOC_ARENA_MAX=1` in its environment) keeps them too: it cut a
+replica's page faults by half and more, and did not make the pipeline faster
+(BENCHMARKS.md, "Checked, no gain: one malloc arena").
 """
 
 from __future__ import annotations
