@@ -18,9 +18,11 @@ come from it; Arrow's buffers use Arrow's own pool). Elsewhere this does nothing
 One limit, measured and left: Ray runs an actor's calls on a thread of its own, not the
 process's main thread, and glibc serves such a thread from a secondary arena, whose heaps
 are at most 64 MiB; a block larger than that is still mapped afresh and unmapped when
-freed, whatever the thresholds. A replica's largest activations are such blocks. One arena
-for the whole process (`MALLOC_ARENA_MAX=1` in its environment) keeps them too: it cut a
-replica's page faults by half and more, and did not make the pipeline faster
+freed, whatever the thresholds: a replica's activations for a batch of many tiles can be
+that large (page faults sampled in a replica fall in torch's kernels writing them). One arena
+for the whole process (`MALLOC_ARENA_MAX=1` in its environment) keeps them too: a replica's
+page faults in 25 s of steady state stayed near 10,000 (10,000 to 360,000 without), and
+the pipeline was no faster
 (BENCHMARKS.md, "Checked, no gain: one malloc arena").
 """
 
