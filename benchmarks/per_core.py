@@ -12,11 +12,9 @@ with torch on one thread. Nothing crosses a process boundary and no scheduler ru
 beside them: what the cores do with the pipeline's own stage code and no orchestration,
 an estimate of the most any pipeline of these stages gets from this machine.
 
-Each window's end is recorded (wall clock and this process's CPU time), so the benchmark
-can time the windows after the first directly (`benchmarks.pipeline.window_rate`): a
-process's first window carries its start-up - imports, the model, and the first touch of
-every page of its heap, which on this VM costs several seconds and varies by as much from
-one run to the next - and a difference of two runs' wall times keeps that noise.
+Each window's end is recorded (wall clock and this process's CPU time), so that the
+benchmark can time the windows after the first (`benchmarks.pipeline.window_rate`; that
+module's docstring says why the first is left out).
 """
 
 from __future__ import annotations

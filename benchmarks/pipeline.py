@@ -330,13 +330,13 @@ def run(options: BenchOptions) -> dict[str, Any]:
                     job = job_file(place, manifest, model, overrides, window_rows=rows)
                     runs[size] = run_pipeline(job, env, timeout)
                 result = {**runs[rows], "short_wall_s": runs[rows // 2]["wall_s"]}
-                result["steady_rows_per_s"] = differential_rate(runs[rows // 2], runs[rows])
-                result["cpu_ms_per_row"] = differential_cpu(runs[rows // 2], runs[rows])
+                steady = differential_rate(runs[rows // 2], runs[rows])
+                cpu_ms = differential_cpu(runs[rows // 2], runs[rows])
                 timed = window_rate(runs[rows]["windows"]) if name == per_core else None
                 if timed is not None:  # see the module's docstring: their start-up is too noisy to subtract
-                    result["differential_rows_per_s"] = result["steady_rows_per_s"]
-                    result["differential_cpu_ms_per_row"] = result["cpu_ms_per_row"]
-                    result["steady_rows_per_s"], result["cpu_ms_per_row"] = timed
+                    result["differential_rows_per_s"], result["differential_cpu_ms_per_row"] = steady, cpu_ms
+                    steady, cpu_ms = timed
+                result["steady_rows_per_s"], result["cpu_ms_per_row"] = steady, cpu_ms
             results[name].append(result)
             threads = f", torch threads {result['torch_threads']}" if "torch_threads" in result else ""
             if "layout" in result:

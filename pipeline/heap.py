@@ -22,8 +22,7 @@ freed, whatever the thresholds: a replica's activations for a batch of many tile
 that large (page faults sampled in a replica fall in torch's kernels writing them). One arena
 for the whole process (`MALLOC_ARENA_MAX=1` in its environment) keeps them too: a replica's
 page faults in 25 s of steady state stayed near 10,000 (10,000 to 360,000 without), and
-the pipeline was no faster
-(BENCHMARKS.md, "Checked, no gain: one malloc arena").
+the pipeline was no faster (BENCHMARKS.md, "Checked, no gain: one malloc arena").
 """
 
 from __future__ import annotations
