@@ -172,3 +172,33 @@ def test_cpu_stage_blocks_are_one_batch_each_so_windows_come_out_exact(tmp_path:
     assert sorted(row["rows"] for row in blocks.take_all()) == [4, 8, 8]
     # the cut runs inside the read tasks (0.25 CPU), not as tasks of its own asking for a CPU
     assert "MapBatches(read_shards)->StreamingRepartition" in blocks.stats()
+
+
+def model_stage_operator(dataset):
+    """The logical operator of the model stage in a built dataset (Ray Data's internal plan)."""
+    pending = [dataset._logical_plan.dag]
+    while pending:
+        operator = pending.pop()
+        if "GenerateStage" in operator.name:
+            return operator
+        pending.extend(operator.input_dependencies)
+    raise AssertionError("no model stage in the plan")
+
+
+@pytest.mark.parametrize(("use_gpu", "in_flight"), [(False, 1), (True, 2)])
+def test_cpu_replicas_take_one_window_at_a_time(tmp_path: Path, make_spec, ray_session, use_gpu, in_flight):
+    """With Ray Data's default of two windows per replica, the first CPU replica to load took
+    both windows of a small job and the other sat idle (a 64-row job on two replicas: 25-26 s,
+    or 33-34 s when that happened). GPU replicas keep two: they pull the next window while they
+    answer one. The plan is only built here, nothing runs, so no GPU is needed."""
+    from pipeline.job import StageResources, build_dataset
+    from pipeline.runner import check_job
+
+    rows = [{"id": f"r{i}", "uri": str(write_image(tmp_path / f"{i}.jpg", 64, 64, seed=i))} for i in range(4)]
+    spec = make_spec(write_manifest(tmp_path / "manifest.parquet", rows), model={"name": "tiny-random", "replicas": 2})
+    checked = check_job(spec)
+    resources = StageResources(use_gpu=use_gpu, gpus_per_model_actor=1.0 if use_gpu else 0.0, cpus_per_model_actor=1.0)
+    dataset = build_dataset(checked.spec, checked.plan, checked.plan.shards, resources)
+    compute = model_stage_operator(dataset).compute
+    assert compute.max_tasks_in_flight_per_actor == in_flight
+    assert compute.min_size == compute.max_size == 2
