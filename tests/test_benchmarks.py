@@ -37,17 +37,21 @@ def test_bench_prefill_answers_the_same_either_way(tmp_path: Path):
 
 
 def test_pipeline_steady_rates_cancel_start_up():
-    from benchmarks.pipeline import differential_rate, second_half_rate
+    from benchmarks.pipeline import differential_rate, rate_after, short_rows
 
-    assert differential_rate({"rows": 128, "wall_s": 50.0}, {"rows": 256, "wall_s": 82.0}) == 128 / 32
-    assert differential_rate({"rows": 128, "wall_s": 50.0}, {"rows": 256, "wall_s": 49.0}) == 0.0
-    assert second_half_rate([10.0, 11.0, 12.0, 14.0]) == 2 / 3
-    assert second_half_rate([5.0]) == 0.0
+    assert short_rows(256) == 64  # one window of 32 for each of two replicas (see the next test)
+    assert differential_rate({"rows": 64, "wall_s": 30.0}, {"rows": 256, "wall_s": 62.0}) == 192 / 32
+    assert differential_rate({"rows": 64, "wall_s": 30.0}, {"rows": 256, "wall_s": 29.0}) == 0.0
+    assert rate_after([10.0, 11.0, 12.0, 14.0], 1) == 3 / 4
+    assert rate_after([10.0, 11.0, 12.0, 14.0], 2) == 2 / 3
+    assert rate_after([5.0], 1) == 0.0
+    assert rate_after([5.0, 6.0], 0) == 0.0  # no row to start the clock from
 
 
 def test_both_runs_of_a_differential_use_the_long_runs_window(tmp_path: Path):
-    """Left to choose, the 128-row run would take smaller windows than the 256-row run, and its
-    first window's wait and last window would not cancel in the difference."""
+    """Left to choose, the 64-row run would take smaller windows than the 256-row run, and its
+    first window's wait and last window would not cancel in the difference. Pinned, the short run
+    is one window per replica."""
     import yaml
 
     from benchmarks.pipeline import job_file
@@ -64,11 +68,11 @@ def test_both_runs_of_a_differential_use_the_long_runs_window(tmp_path: Path):
             ).read_text()
         )["model"]["batch_window"]
         for name, overrides in layouts.items()
-        for size in (128, 256)
+        for size in (64, 256)
     }
-    assert windows[("one replica", 128)] == windows[("one replica", 256)] == 64
-    assert windows[("two replicas", 128)] == windows[("two replicas", 256)] == 32
-    assert windows[("auto", 128)] == windows[("auto", 256)]
+    assert windows[("one replica", 64)] == windows[("one replica", 256)] == 64
+    assert windows[("two replicas", 64)] == windows[("two replicas", 256)] == 32
+    assert windows[("auto", 64)] == windows[("auto", 256)]
 
 
 def test_unknown_benchmark_is_refused():
