@@ -147,10 +147,11 @@ def windows_in_flight(use_gpu: bool) -> int:
     a GPU, where a window takes a second or two and may come from another node, that keeps
     the device busy. But the first replica to finish loading then takes two windows at
     once, and a replica that is ready a moment later finds none left: a job of few windows
-    per replica ends one window late (a 64-row job on two CPU replicas took 25-26 s, or
-    33-34 s when one replica drew both windows). A CPU replica spends seconds to minutes on
-    a window, and its next one is already in this node's object store, so waiting for the
-    window costs it nothing measurable: on CPUs each replica takes one at a time."""
+    per replica ends one window late (a 64-row job on two CPU replicas took 26-29 s, or
+    32-34 s in the 4 runs of 14 where one replica drew both windows). A CPU replica spends
+    seconds to minutes on a window, and its next one is already in this node's object
+    store, so waiting for it costs nothing measurable: on CPUs each replica takes one
+    window at a time."""
     return 2 if use_gpu else 1
 
 

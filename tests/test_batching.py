@@ -188,8 +188,8 @@ def model_stage_operator(dataset):
 @pytest.mark.parametrize(("use_gpu", "in_flight"), [(False, 1), (True, 2)])
 def test_cpu_replicas_take_one_window_at_a_time(tmp_path: Path, make_spec, ray_session, use_gpu, in_flight):
     """With Ray Data's default of two windows per replica, the first CPU replica to load took
-    both windows of a small job and the other sat idle (a 64-row job on two replicas: 25-26 s,
-    or 33-34 s when that happened). GPU replicas keep two: they pull the next window while they
+    both windows of a small job and the other sat idle (a 64-row job on two replicas: 26-29 s,
+    or 32-34 s when that happened). GPU replicas keep two: they pull the next window while they
     answer one. The plan is only built here, nothing runs, so no GPU is needed."""
     from pipeline.job import StageResources, build_dataset
     from pipeline.runner import check_job
