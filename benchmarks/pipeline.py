@@ -279,9 +279,12 @@ def cpu_table(results: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, 
 
 
 def short_rows(rows: int) -> int:
-    """The rows of a differential's short run, and of the start-up the script's rate leaves out: a
-    quarter, one pinned window per replica (see the module's docstring)."""
-    return rows // 4
+    """The rows of a differential's short run, and of the start-up the script's rate leaves out:
+    one pinned window per replica, since a job's windows shrink until each replica gets
+    `WINDOWS_PER_REPLICA` of them (a quarter; see the module's docstring)."""
+    from pipeline.job import WINDOWS_PER_REPLICA
+
+    return rows // WINDOWS_PER_REPLICA
 
 
 def rate_after(done_at: list[float], skip: int) -> float:
