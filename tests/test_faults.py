@@ -34,6 +34,9 @@ from reliability import (
     wait_for,
 )
 
+from pipeline.actors.guard import FAULT_CRASH_ENV
+from pipeline.models.hf_engine import FAULT_OOM_ENV
+
 pytestmark = pytest.mark.slow
 
 GENERATE_ACTOR = "ray::MapWorker(MapBatches(GenerateStage))"
@@ -166,7 +169,7 @@ def test_out_of_memory_backs_off_end_to_end_and_overwrite_starts_clean(
     manifest, ids = small_manifest(tmp_path, 6)
     base = {"preprocess": {"workers": 1, "max_tiles": 1}, "model": {"batch_size": 4}}
     output = tmp_path / "out"
-    monkeypatch.setenv("PIPELINE_FAULT_OOM_ABOVE_ROWS", "1")  # only single rows fit: every batch is split
+    monkeypatch.setenv(FAULT_OOM_ENV, "1")  # only single rows fit: every batch is split
     run(make_spec(manifest, **base, output={"path": str(output)}))
     answered = assert_exactly_once(output, ids)
     assert answered.column("error").null_count == len(ids)
@@ -174,7 +177,7 @@ def test_out_of_memory_backs_off_end_to_end_and_overwrite_starts_clean(
 
     # Not even one row fits: every row gets `oom`. The same output in overwrite mode: the
     # answers of the first run are gone, each id is there once, with its new outcome.
-    monkeypatch.setenv("PIPELINE_FAULT_OOM_ABOVE_ROWS", "0")
+    monkeypatch.setenv(FAULT_OOM_ENV, "0")
     summary = run(make_spec(manifest, **base, output={"path": str(output), "mode": "overwrite"}))
     failed = assert_exactly_once(output, ids)
     assert set(failed.column("error_kind").to_pylist()) == {"oom"}
@@ -194,7 +197,7 @@ def test_row_that_kills_its_worker_every_time_is_written_with_its_error(
 
     manifest, ids = small_manifest(tmp_path, 12)
     poison = ids[5]
-    monkeypatch.setenv("PIPELINE_FAULT_CRASH_ON_ID", f"{stage}:{poison}")
+    monkeypatch.setenv(FAULT_CRASH_ENV, f"{stage}:{poison}")
     spec = make_spec(
         manifest,
         preprocess={"workers": 1, "max_tiles": 1, "batch_size": 2, "max_retries": 1},
