@@ -8,6 +8,9 @@ stage that needs them.
            --preprocess (CPU actor pool)--> uint8 tiles + query, or a row error
            --generate (model actor pool: one replica per actor / gang)--> answers
            --postprocess + write (tasks)--> Parquet files; one stats row per file
+
+With `preprocess.workers: 0` there is no CPU actor pool: the model actors take manifest
+rows and prepare them themselves (`pipeline.actors.prepare_and_generate`).
 """
 
 from __future__ import annotations
@@ -170,26 +173,23 @@ def in_blocks_of(dataset: Any, rows: int, remote_args: dict[str, Any]) -> Any:
     return split
 
 
-def prepared_rows(spec: JobSpec, plan: ManifestPlan, pending: list[Shard], ledger: Any | None = None) -> Any:
-    """The lazy dataset of the CPU stage's output: manifest rows read from the pending shards,
-    then tiles and queries (or row errors), one block per CPU batch.
+def manifest_rows(spec: JobSpec, plan: ManifestPlan, pending: list[Shard], block_rows: int) -> Any:
+    """The lazy dataset of manifest rows read from the pending shards, in blocks of `block_rows`.
 
-    The read rows are cut into blocks of one CPU batch (`preprocess.batch_size` rows, fewer
-    at a shard's end) before the CPU stage, so that each of its calls is a task of its own.
-    Ray Data hands a block to one CPU actor: a whole shard went to one worker while the
-    others idled. And it merges a task's outputs into blocks of over 128 MiB (24 rows of
-    10-tile images), which the model stage's windows then took whole (72, 72, 72 and 40
-    rows for a 256-row job, windows of 64). With one batch per task a block is one batch
-    (unless it exceeds 192 MiB, which Ray Data splits), so windows that are a multiple of
-    the CPU batch come out exact."""
+    The rows are cut into blocks of one batch of the stage that takes them (a CPU batch,
+    or a model window where the replicas prepare their own rows), so that each of its calls
+    is a task of its own. Ray Data hands a block to one actor: a whole shard went to one
+    worker while the others idled. And it merges a task's outputs into blocks of over
+    128 MiB (24 rows of 10-tile images), which the model stage's windows then took whole
+    (72, 72, 72 and 40 rows for a 256-row job, windows of 64). With one batch per task a
+    block is one batch (unless it exceeds 192 MiB, which Ray Data splits), so windows that
+    are a multiple of the CPU batch come out exact."""
     import ray.data
 
-    from pipeline.actors.preprocess import PreprocessStage
     from pipeline.actors.read import read_shards
 
-    remote_args = stage_remote_args()
+    read_args = {"num_cpus": TASK_SLOT_CPUS, **stage_remote_args()}
     shards = ray.data.from_items([asdict(shard) for shard in pending], override_num_blocks=max(1, len(pending)))
-    read_args = {"num_cpus": TASK_SLOT_CPUS, **remote_args}
     rows = shards.map_batches(
         cast(Any, read_shards),
         fn_kwargs={
@@ -201,7 +201,17 @@ def prepared_rows(spec: JobSpec, plan: ManifestPlan, pending: list[Shard], ledge
         batch_format="numpy",
         **read_args,
     )
-    rows = in_blocks_of(rows, spec.preprocess.batch_size, read_args)
+    return in_blocks_of(rows, block_rows, read_args)
+
+
+def prepared_rows(spec: JobSpec, plan: ManifestPlan, pending: list[Shard], ledger: Any | None = None) -> Any:
+    """The lazy dataset of the CPU stage's output: manifest rows read from the pending shards,
+    then tiles and queries (or row errors), one block per CPU batch."""
+    import ray.data
+
+    from pipeline.actors.preprocess import PreprocessStage
+
+    rows = manifest_rows(spec, plan, pending, spec.preprocess.batch_size)
     return rows.map_batches(
         PreprocessStage,
         fn_constructor_kwargs={"spec": spec, "ledger": ledger},
@@ -209,8 +219,15 @@ def prepared_rows(spec: JobSpec, plan: ManifestPlan, pending: list[Shard], ledge
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=resolved(spec.preprocess.workers, "preprocess.workers")),
         num_cpus=spec.preprocess.cpus_per_worker,
-        **remote_args,
+        **stage_remote_args(),
     )
+
+
+def replicas_prepare(spec: JobSpec) -> bool:
+    """Whether the model replicas prepare their own rows: a job without CPU actors
+    (`preprocess.workers: 0`, which 'auto' chooses where CPU replicas fill the cores; see
+    `pipeline.actors.prepare_and_generate`)."""
+    return resolved(spec.preprocess.workers, "preprocess.workers") == 0
 
 
 def build_dataset(
@@ -221,18 +238,24 @@ def build_dataset(
     import ray.data
 
     from pipeline.actors.generate import GenerateStage
+    from pipeline.actors.prepare_and_generate import PrepareAndGenerateStage
     from pipeline.actors.write import postprocess_batch, write_batch
 
     remote_args = stage_remote_args()
-    prepared = prepared_rows(spec, plan, pending, ledger)
+    window = rows_per_model_call(spec, sum(shard.num_rows for shard in pending))
+    model_stage: type[GenerateStage] | type[PrepareAndGenerateStage]
+    if replicas_prepare(spec):
+        model_input, model_stage = manifest_rows(spec, plan, pending, window), PrepareAndGenerateStage
+    else:
+        model_input, model_stage = prepared_rows(spec, plan, pending, ledger), GenerateStage
     with warnings.catch_warnings():
         # `ray_remote_args_fn` (per-actor placement groups) is deprecated from Ray 2.60 without a
         # replacement yet; Ray Data LLM reserves its vLLM gangs the same way. Revisit with Ray >= 2.64.
         warnings.filterwarnings("ignore", message="`ray_remote_args_fn` is deprecated")
-        answered = prepared.map_batches(
-            GenerateStage,
+        answered = model_input.map_batches(
+            model_stage,
             fn_constructor_kwargs={"spec": model_stage_spec(spec, resources), "ledger": ledger},
-            batch_size=rows_per_model_call(spec, sum(shard.num_rows for shard in pending)),
+            batch_size=window,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(
                 size=resolved(spec.model.replicas, "model.replicas"),

@@ -629,8 +629,13 @@ def on_cluster(result: CapacityPlan, gpus: int, cpus: int | None = None, spec: J
         if not result.cpu_stage_core_seconds_per_row:
             raise JobError("--cpus needs the CPU stage's cost per row: --cpu-sample must be above 0")
         workers, per_worker = cpu_workers_on(spec, result, gpus, cpus)
-        # A worker runs one thread: it does a core's work at most, less where it reserves less.
-        fed = workers * min(1.0, per_worker) / result.cpu_stage_core_seconds_per_row
+        if workers == 0:
+            # `preprocess.workers: 0`: each replica prepares a window, then answers it.
+            replica_s_per_row = result.replica_seconds_per_1000_rows / 1000
+            fed = replicas / (replica_s_per_row + result.cpu_stage_core_seconds_per_row)
+        else:
+            # A worker runs one thread: it does a core's work at most, less where it reserves less.
+            fed = workers * min(1.0, per_worker) / result.cpu_stage_core_seconds_per_row
     rows_per_s = gpu_rows_per_s if fed is None else min(gpu_rows_per_s, fed)
     cores = result.cpu_cores_per_replica
     cluster = ClusterPlan(
@@ -750,8 +755,13 @@ def format_plan(result: CapacityPlan) -> str:
             f"{readable_duration(cluster.wall_hours)} wall{cores}"
         )
         if cluster.cpus is not None:
+            feeders = (
+                "the replicas, preparing their own rows,"
+                if cluster.cpu_workers == 0
+                else f"{cluster.cpu_workers} CPU worker(s)"
+            )
             lines.append(
-                f"  {'with ' + str(cluster.cpus) + ' CPUs':<21}{cluster.cpu_workers} CPU worker(s) feed "
+                f"  {'with ' + str(cluster.cpus) + ' CPUs':<21}{feeders} feed "
                 f"{cluster.cpu_stage_rows_per_s:.4g} rows/s: bound by the {cluster.bound_by}"
             )
     return "\n".join(lines)

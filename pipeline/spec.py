@@ -31,20 +31,32 @@ class SpecError(ValueError):
     """A job spec that cannot run; the message names the field and the fix."""
 
 
-def _count(value: Any) -> int | Literal["auto"]:
-    """A stage size as written: a whole number >= 1 (YAML or `--set` text), or 'auto'."""
+def _size(value: Any, least: int) -> int | Literal["auto"]:
+    """A stage size as written: a whole number >= `least` (YAML or `--set` text), or 'auto'."""
     if value == "auto":
         return "auto"
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError("expected a whole number >= 1, or 'auto'")
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"expected a whole number >= {least}, or 'auto'")
     return value
+
+
+def _count(value: Any) -> int | Literal["auto"]:
+    """A size that cannot be 0: a job needs at least one model replica."""
+    return _size(value, 1)
+
+
+def _worker_count(value: Any) -> int | Literal["auto"]:
+    """The CPU stage's size, which may be 0: the model replicas then prepare their own rows."""
+    return _size(value, 0)
 
 
 # A stage size: a number, or 'auto' - chosen by the driver from the cluster it joins
 # (pipeline/layout.py).
 Count = Annotated[int | Literal["auto"], PlainValidator(_count)]
+# The CPU stage's size may also be 0: no CPU actors, each model replica prepares its own rows.
+WorkerCount = Annotated[int | Literal["auto"], PlainValidator(_worker_count)]
 
 
 class StrictModel(BaseModel):
@@ -158,13 +170,19 @@ class PreprocessSpec(StrictModel):
     )
     num_frames: int = Field(default=8, ge=1, le=128, description="Frames sampled per video.")
     tiles_per_frame: int = Field(default=1, ge=1, le=64, description="Most tiles per video frame.")
-    workers: Count = Field(
+    workers: WorkerCount = Field(
         default="auto",
-        description="CPU actors that fetch, decode and tile. 'auto': with the model on GPUs (or no model), every "
-        "CPU the replicas leave; on CPUs, one per 4 replicas (see pipeline/layout.py).",
+        description="CPU actors that fetch, decode and tile. 0: none, each model replica prepares its own rows "
+        "(for models on CPUs, where the replicas and the CPU actors would share the same cores). 'auto': with the "
+        "model on GPUs (or no model), every CPU the replicas leave; on CPUs, 0 when the replicas fill the cores, "
+        "else one per 4 replicas (see pipeline/layout.py).",
     )
     cpus_per_worker: float = Field(default=1.0, gt=0, description="CPUs Ray reserves for each CPU actor.")
-    batch_size: int = Field(default=8, ge=1, description="Rows per call of a CPU actor.")
+    batch_size: int = Field(
+        default=8,
+        ge=1,
+        description="Rows per call of a CPU actor (with `workers: 0`, rows a replica prepares at a time).",
+    )
     exif_transpose: bool = Field(
         default=True, description="Rotate photos as their EXIF orientation says before tiling (as a viewer shows them)."
     )
@@ -185,8 +203,8 @@ class PreprocessSpec(StrictModel):
     max_retries: int = Field(
         default=3,
         ge=0,
-        description="Times a row is retried after a CPU worker died on it (a decoder crash, the out-of-memory "
-        "killer) before it gets a `worker_died` error.",
+        description="Times a row is retried after a CPU worker (or, with `workers: 0`, a model replica) died "
+        "preparing it (a decoder crash, the out-of-memory killer) before it gets a `worker_died` error.",
     )
     row_timeout_s: float = Field(
         default=300.0,

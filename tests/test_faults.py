@@ -185,14 +185,15 @@ def test_out_of_memory_backs_off_end_to_end_and_overwrite_starts_clean(
     assert summary["errors_by_kind"] == {"oom": len(ids)} and summary["rows_skipped_by_resume"] == 0
 
 
-@pytest.mark.parametrize("stage", ["preprocess", "generate"])
+@pytest.mark.parametrize(("stage", "workers"), [("preprocess", 1), ("generate", 1), ("preprocess", 0)])
 def test_row_that_kills_its_worker_every_time_is_written_with_its_error(
-    tmp_path: Path, make_spec, ray_session, monkeypatch, stage: str
+    tmp_path: Path, make_spec, ray_session, monkeypatch, stage: str, workers: int
 ):
     """A row whose work kills its process (a decoder that crashes on a bad file, a model that
     does on a row) in either stage's actor: the actor restarts (Ray Data hands the stage's code
     to its actors through the object store, which Ray logs a caution about at start-up), the
-    batch is redone row by row, and the row is written with its error."""
+    batch is redone row by row, and the row is written with its error. With no CPU actors
+    (`workers` 0) the decoder's crash kills a model replica, which restarts the same way."""
     from pipeline.runner import run
 
     manifest, ids = small_manifest(tmp_path, 12)
@@ -200,7 +201,7 @@ def test_row_that_kills_its_worker_every_time_is_written_with_its_error(
     monkeypatch.setenv(FAULT_CRASH_ENV, f"{stage}:{poison}")
     spec = make_spec(
         manifest,
-        preprocess={"workers": 1, "max_tiles": 1, "batch_size": 2, "max_retries": 1},
+        preprocess={"workers": workers, "max_tiles": 1, "batch_size": 2, "max_retries": 1},
         model={"batch_size": 2, "max_retries": 1},
         output={"path": str(tmp_path / "out")},
     )

@@ -277,6 +277,13 @@ def test_plan_with_the_clusters_cpus_finds_the_stage_that_bounds_it(tmp_path: Pa
         assert cluster.bound_by == ("cpu stage" if workers / cost < gpu_rate else "gpus")
         assert cluster.wall_hours == pytest.approx(20 / cluster.rows_per_s / 3600, rel=1e-3)
         assert f"with {cpus} CPUs" in format_plan(result)
+    # No CPU workers (`preprocess.workers: 0`): each replica prepares a window, then answers it.
+    result = plan_job(make_spec(manifest, preprocess={"workers": 0}), gpus=8, cpus=16, **common)
+    cluster, cost = result.cluster, result.cpu_stage_core_seconds_per_row
+    assert cluster is not None and cost is not None and cluster.cpu_workers == 0
+    per_row = result.replica_seconds_per_1000_rows / 1000 + cost
+    assert cluster.rows_per_s == cluster.cpu_stage_rows_per_s == pytest.approx(8 / per_row, rel=1e-3)
+    assert "the replicas, preparing their own rows, feed" in format_plan(result)
     with pytest.raises(JobError, match="--cpu-sample must be above 0"):
         plan_job(spec, gpus=8, cpus=16, **{**common, "cpu_sample": 0})
     with pytest.raises(JobError, match="with --device cpu"):
