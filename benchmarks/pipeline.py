@@ -8,7 +8,7 @@ Same rows (generated photos, portrait shots and scans, max_tiles 12), same model
   (one per core), whichever is faster on this machine at the time (timed on 3 images);
 - `pipeline`: `python -m pipeline run` on a new local Ray instance, with its defaults
   (batch 8, window 64; on a machine without GPUs the 'auto' layout, `pipeline.layout`:
-  a single-threaded replica per core and one CPU worker per 4 replicas);
+  a single-threaded replica per core, each preparing its own rows, no CPU worker);
 - `no-model`: the same pipeline with `model.name: none` (an engine that answers nothing
   but still tokenizes): the pipeline's own ceiling on this machine;
 - `per-core processes`: no Ray: one process per core (`benchmarks.per_core`), each

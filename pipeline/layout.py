@@ -14,11 +14,15 @@ always used as it is.
   single-threaded replica per core is the fastest layout measured (BENCHMARKS.md: a median
   1.9x a sequential script on 2 cores, against 1.0x to 1.4x for one replica and two
   workers). So a replica per `model.cpus_per_replica` CPUs, as many as the cluster's memory
-  holds (one when the model's size cannot be known without downloading it), and one CPU
-  worker per `REPLICAS_PER_CPU_WORKER` replicas. The workers then share the cores with the replicas:
-  a local cluster that `run` starts is given that many logical CPUs more than the machine
-  has cores (`spare_cpus`); a cluster the job joins is taken at its word, and the replicas
-  fit in what the workers and tasks leave.
+  holds (one when the model's size cannot be known without downloading it). Where the
+  replicas fill the cores (a local run whose memory holds a replica per core), no CPU
+  worker: each replica prepares its own rows (`pipeline.actors.prepare_and_generate`), which
+  measured faster than a worker taking its share of the same cores (BENCHMARKS.md, "The CPU
+  stage in the replicas, again"). Otherwise one CPU worker per `REPLICAS_PER_CPU_WORKER`
+  replicas, on the cores they leave. Since the replicas' number is known only once the
+  memory is, a local cluster that `run` starts is given room for those workers in logical
+  CPUs beyond the machine's cores (`spare_cpus`); a cluster the job joins is taken at its
+  word, and the replicas fit in what the workers and tasks leave (so they never fill it).
 - **No model** (`model.name: none`, a benchmarking tool): the engine costs nothing, so one
   replica, and a CPU worker on every core.
 """
@@ -53,6 +57,11 @@ class Cluster:
     gpus: float
     memory_bytes: float  # Ray's `memory` resource: what actors may use, object store excluded
     spare_cpus: int = 0  # logical CPUs `run` added to a local cluster beyond its cores (see `spare_cpus`)
+
+    @property
+    def cores(self) -> float:
+        """The CPUs that are cores: the logical CPUs less the spare ones `run` added."""
+        return self.cpus - self.spare_cpus
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,9 @@ def choose_layout(
             reasons.append(f"no more than the job's {batches} batch(es)")
     if preprocess.workers != "auto":
         workers = preprocess.workers
+    elif feeds_cpu_replicas and replicas * model_cpus_per_replica(model) >= cluster.cores:
+        workers = 0
+        reasons.append("no CPU worker: the replicas fill the cores, so each prepares its own rows")
     elif feeds_cpu_replicas:
         workers = cpu_workers_for(replicas)
         reasons.append(f"a CPU worker per {REPLICAS_PER_CPU_WORKER} CPU replicas")
@@ -207,7 +219,7 @@ def _feeding_workers(spec: JobSpec, cluster: Cluster, replicas: int, busy_replic
     the cluster's logical CPUs next to the replicas' reservations and the tasks'."""
     per_replica = model_cpus_per_replica(spec.model)
     per_worker = spec.preprocess.cpus_per_worker
-    cores = cluster.cpus - cluster.spare_cpus - (replicas * per_replica if busy_replicas else 0.0)
+    cores = cluster.cores - (replicas * per_replica if busy_replicas else 0.0)
     logical = cluster.cpus - replicas * per_replica - TASK_CPUS
     return max(1, int(min(cores, logical) // per_worker))
 
@@ -224,7 +236,7 @@ def _cpu_replicas(spec: JobSpec, cluster: Cluster, replica_bytes: float | None, 
         workers = preprocess.workers if preprocess.workers != "auto" else cpu_workers_for(replicas)
         return replicas * per_replica + workers * preprocess.cpus_per_worker + TASK_CPUS
 
-    replicas = max(1, int((cluster.cpus - cluster.spare_cpus) // per_replica))
+    replicas = max(1, int(cluster.cores // per_replica))
     while replicas > 1 and reserved(replicas) > cluster.cpus:
         replicas -= 1
     reasons.append(f"a replica per {per_replica:g} CPU(s)")

@@ -42,20 +42,27 @@ def test_defaults_are_auto_and_counts_parse():
     for bad in (0, -1, 2.5, True, "many"):
         with pytest.raises(SpecError, match=r"model\.replicas: .*whole number >= 1, or 'auto'"):
             spec(model={"replicas": bad})
+    assert spec(preprocess={"workers": 0}).preprocess.workers == 0  # no CPU actors: the replicas prepare
+    for bad in (-1, 2.5, "none"):
+        with pytest.raises(SpecError, match=r"preprocess\.workers: .*whole number >= 0, or 'auto'"):
+            spec(preprocess={"workers": bad})
 
 
-def test_cpu_job_on_a_local_two_core_machine_gets_a_replica_per_core():
+def test_cpu_job_on_a_local_two_core_machine_gets_a_replica_per_core_preparing_its_own_rows():
     job = spec()
     cluster = local(2, job)
-    assert cluster.cpus == 4 and cluster.spare_cpus == 2  # room for the CPU worker and the tasks
+    assert cluster.cpus == 4 and cluster.spare_cpus == 2  # room for a CPU worker and the tasks
     layout = choose_layout(job, cluster, use_gpu=False, replica_bytes=TINY)
-    assert (layout.replicas, layout.workers) == (2, 1)
+    assert (layout.replicas, layout.workers) == (2, 0) and "each prepares its own rows" in layout.reason
+    assert choose_layout(job, local(16, job), use_gpu=False, replica_bytes=TINY).workers == 0  # 16 fill 16
 
 
-def test_cpu_job_scales_workers_with_replicas():
+def test_cpu_job_scales_workers_with_replicas_that_leave_cores():
     job = spec()
-    layout = choose_layout(job, local(16, job), use_gpu=False, replica_bytes=TINY)
-    assert (layout.replicas, layout.workers) == (16, 4)
+    tight = choose_layout(job, local(16, job, memory_gib=9), use_gpu=False, replica_bytes=3 * GIB)
+    assert (tight.replicas, tight.workers) == (3, 1)  # 13 cores left: a worker prepares for the 3
+    joined = choose_layout(job, Cluster(cpus=64, gpus=0, memory_bytes=512 * GIB), use_gpu=False, replica_bytes=TINY)
+    assert (joined.replicas, joined.workers) == (50, 13)  # 50 + 13 + 1 for the tasks = 64
     assert cpu_workers_for(1) == 1 and cpu_workers_for(5) == 2
 
 
@@ -72,12 +79,13 @@ def test_cpu_replicas_fit_a_joined_cluster_and_its_memory():
 
 def test_cpu_replicas_of_an_unknown_size_stay_one():
     layout = choose_layout(spec(), local(8, spec()), use_gpu=False, replica_bytes=None)
-    assert layout.replicas == 1 and "unknown" in layout.reason
+    assert (layout.replicas, layout.workers) == (1, 1) and "unknown" in layout.reason
 
 
 def test_cpu_replicas_take_cpus_per_replica_into_account():
     job = spec(model={"cpus_per_replica": 4})
-    assert choose_layout(job, local(16, job), use_gpu=False, replica_bytes=TINY).replicas == 4
+    layout = choose_layout(job, local(16, job), use_gpu=False, replica_bytes=TINY)
+    assert (layout.replicas, layout.workers) == (4, 0)  # 4 x 4 CPUs fill the 16 cores
 
 
 def test_gpu_job_gets_a_replica_per_gpu_and_the_cpus_left_as_workers():
@@ -104,7 +112,7 @@ def test_no_model_gets_one_replica_and_the_cpus_as_workers():
 def test_small_jobs_get_no_more_replicas_than_batches():
     job = spec(model={"batch_size": 4})
     layout = choose_layout(job, local(16, job), use_gpu=False, replica_bytes=TINY, pending_rows=7)
-    assert layout.replicas == 2 and "batch" in layout.reason
+    assert (layout.replicas, layout.workers) == (2, 1) and "batch" in layout.reason  # cores left: a worker
     assert choose_layout(job, local(16, job), False, TINY, pending_rows=0).replicas == 1
 
 
@@ -116,6 +124,9 @@ def test_numbers_in_the_spec_are_kept():
     assert with_layout(spec(preprocess={"cpus_per_worker": 2}), layout).preprocess.cpus_per_worker == 2
     fixed_workers = spec(preprocess={"workers": 3})
     assert choose_layout(fixed_workers, local(2, fixed_workers), False, TINY).workers == 3
+    no_workers = spec(preprocess={"workers": 0})  # kept on GPUs too, where the GPU waits while its replica prepares
+    on_gpus = choose_layout(no_workers, local(16, no_workers, gpus=8), use_gpu=True, replica_bytes=None)
+    assert (on_gpus.replicas, on_gpus.workers) == (8, 0)
 
 
 def test_with_layout_and_resolved():
