@@ -1,6 +1,6 @@
 """`python -m pipeline`: the command line."""
 
-from pipeline.cli import main
+from pipeline.cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

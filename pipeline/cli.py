@@ -7,9 +7,10 @@ machine without torch, a GPU or a cluster.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -46,6 +47,29 @@ def job_errors_exit(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# Set by a command that only reads and prints once it has finished (see `exits_without_teardown`).
+_finished_without_needing_teardown: list[bool] = []
+
+
+def exits_without_teardown(command: F) -> F:
+    """Mark a command that only reads and prints: once it has returned, `entry` flushes and
+    leaves the process at once, skipping the interpreter's teardown.
+
+    Arrow's native threads can still be winding down when the interpreter tears down, and
+    the C++ runtime then aborts the process ("terminate called without an active
+    exception", apache/arrow#34314): a complete answer on stdout with exit status -6,
+    seen twice in `pipeline inspect` under the test suite's load. Such a command holds
+    nothing that needs the teardown: its files are closed, it starts no processes."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = command(*args, **kwargs)
+        _finished_without_needing_teardown.append(True)
+        return result
+
+    return cast(F, wrapper)
+
+
 def _object_store_unreachable(error: Exception) -> bool:
     """botocore's connection and credential errors, which s3fs passes through as they are
     (not as OSError), so that the checks that catch OSError miss them."""
@@ -69,6 +93,20 @@ set_option = click.option(
 def main() -> None:
     """Batch inference with InternVL3 on Ray Data: captions, OCR and moderation labels for
     millions of images and videos, from a Parquet manifest to Parquet results."""
+
+
+def entry() -> None:
+    """The program's entry point (`python -m pipeline`, the `internvl-pipeline` script): `main`,
+    then, after a command marked `exits_without_teardown` succeeded, an immediate exit."""
+    _finished_without_needing_teardown.clear()
+    try:
+        main()
+    except SystemExit as done:
+        if done.code in (None, 0) and _finished_without_needing_teardown:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        raise
 
 
 @main.command()
@@ -242,6 +280,7 @@ def _storage(endpoint_url: str | None) -> Any:
 )
 @click.option("--sample", default=24, show_default=True, type=click.IntRange(min=0), help="Rows shown with media.")
 @endpoint_option
+@exits_without_teardown
 @job_errors_exit
 def report(output: str, html_path: str, sample: int, endpoint_url: str | None) -> None:
     """Write a self-contained HTML report of OUTPUT (a job's output.path, local or s3://): counts,
@@ -262,6 +301,7 @@ def report(output: str, html_path: str, sample: int, endpoint_url: str | None) -
 @click.option("--limit", default=5, show_default=True, type=click.IntRange(min=0), help="Rows to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print rows as JSON lines (no counts), e.g. for jq.")
 @endpoint_option
+@exits_without_teardown
 @job_errors_exit
 def inspect(
     output: str, errors_only: bool, row_id: str | None, limit: int, as_json: bool, endpoint_url: str | None

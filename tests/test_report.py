@@ -167,6 +167,31 @@ def test_inspect_prints_counts_schema_and_rows(job_run):
     assert len(re.findall(r"^--- ", limited, re.M)) == 2
 
 
+def test_read_only_commands_leave_without_the_interpreter_teardown(job_run, monkeypatch, capsys):
+    """`python -m pipeline inspect` (and `report`) end with os._exit(0) once their output is
+    flushed: Arrow's threads could abort the teardown after a complete answer (exit -6,
+    apache/arrow#34314). A failing command exits normally, with its own status."""
+    import sys
+
+    from pipeline import cli
+
+    exits: list[int] = []
+
+    def leave(code: int) -> None:
+        exits.append(code)
+        raise SystemExit(code)  # os._exit itself would end pytest
+
+    monkeypatch.setattr(cli.os, "_exit", leave)
+    monkeypatch.setattr(sys, "argv", ["pipeline", "inspect", str(job_run["out"]), "--id", "img1", "--json"])
+    with pytest.raises(SystemExit):
+        cli.entry()
+    assert exits == [0] and '"id": "img1"' in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["pipeline", "inspect", str(job_run["out"]), "--id", "nope"])
+    with pytest.raises(SystemExit) as failed:
+        cli.entry()
+    assert failed.value.code == 2 and exits == [0]
+
+
 def test_inspect_cli(job_run):
     def cli(*args: str):
         return run_cli("inspect", *args, timeout=120)
