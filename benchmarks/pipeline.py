@@ -9,6 +9,9 @@ Same rows (generated photos, portrait shots and scans, max_tiles 12), same model
 - `pipeline`: `python -m pipeline run` on a new local Ray instance, with its defaults
   (batch 8, window 64; on a machine without GPUs the 'auto' layout, `pipeline.layout`:
   a single-threaded replica per core, each preparing its own rows, no CPU worker);
+- `pipeline, a CPU worker`: the same with one CPU actor preparing the rows for the replicas
+  (`preprocess.workers: 1`: two replicas and a CPU worker on 2 cores, the 'auto' layout
+  until the replicas began preparing their own rows): that layout choice, measured side by side;
 - `no-model`: the same pipeline with `model.name: none` (an engine that answers nothing
   but still tokenizes): the pipeline's own ceiling on this machine;
 - `per-core processes`: no Ray: one process per core (`benchmarks.per_core`), each
@@ -69,6 +72,7 @@ from benchmarks.cpu_shares import PER_CORE, ROLES, CpuShares, available, per_row
 MAX_TILES = 12
 MAX_NEW_TOKENS = 64
 ROWS, QUICK_ROWS = 256, 32  # N; the short runs take the first quarter (`short_rows`)
+CPU_WORKER = "pipeline, a CPU worker"  # the contender with the layout before the replicas prepared their own rows
 
 
 def write_manifest(folder: Path, paths: list[str], rows: int) -> Path:
@@ -317,6 +321,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
     cores = int(machine()["cpus"] or 1)
     settings: dict[str, tuple[str, dict[str, Any] | None]] = {
         "pipeline": ("tiny-random", None),
+        CPU_WORKER: ("tiny-random", {"preprocess": {"workers": 1}}),
         "no-model": ("none", None),
     }
     per_core = "per-core processes (no Ray)"
@@ -363,6 +368,8 @@ def run(options: BenchOptions) -> dict[str, Any]:
     sequential_texts = results["sequential"][0]["texts"]
     pipeline_texts = results["pipeline"][0]["texts"]
     same = sum(1 for key, text in sequential_texts.items() if pipeline_texts.get(key) == text)
+    worker_texts = results[CPU_WORKER][0]["texts"]
+    same_with_worker = sum(1 for key, text in pipeline_texts.items() if worker_texts.get(key) == text)
     per_core_texts = results[per_core][0]["texts"]
     same_per_core = sum(1 for key, text in sequential_texts.items() if per_core_texts.get(key) == text)
     base_rate, base_wall = med("sequential", "steady_rows_per_s"), med("sequential", "wall_s")
@@ -385,7 +392,8 @@ def run(options: BenchOptions) -> dict[str, Any]:
     )
     say(
         f"answers identical to the sequential script: pipeline {same}/{len(sequential_texts)} rows, "
-        f"per-core processes {same_per_core}/{len(sequential_texts)}"
+        f"per-core processes {same_per_core}/{len(sequential_texts)}; "
+        f"the pipeline with a CPU worker identical to it on {same_with_worker}/{len(pipeline_texts)} rows"
     )
     cpu = cpu_table({name: results[name] for name in names if name != "sequential"})
     if cpu:
@@ -401,6 +409,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "pipeline_vs_per_core_processes": ratio(
             med("pipeline", "steady_rows_per_s"), med(per_core, "steady_rows_per_s")
         ),
+        "pipeline_vs_cpu_worker": ratio(med("pipeline", "steady_rows_per_s"), med(CPU_WORKER, "steady_rows_per_s")),
         "speedup_wall": ratio(base_wall, med("pipeline", "wall_s")),
         "pipeline_layout": results["pipeline"][0]["layout"],
         "steady_rows_per_s": {name: round(med(name, "steady_rows_per_s"), 3) for name in names},
@@ -411,6 +420,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "cpu_ms_per_row": cpu[1] if cpu else None,
         "answers_identical": f"{same}/{len(sequential_texts)}",
         "answers_identical_per_core_processes": f"{same_per_core}/{len(sequential_texts)}",
+        "answers_identical_cpu_worker_vs_pipeline": f"{same_with_worker}/{len(pipeline_texts)}",
         "rows": rows,
         "reps": reps,
         "max_new_tokens": MAX_NEW_TOKENS,
