@@ -480,5 +480,6 @@ def plan(
         if "cpu_stage_run_over_plan" in check:
             click.echo(
                 f"  CPU stage: run/plan {check['cpu_stage_run_over_plan']} (median over "
-                f"{check['cpu_stage_rows_compared']} rows: the run's CPU actors against the plan's measurement)"
+                f"{check['cpu_stage_rows_compared']} rows: the run's preparing, in CPU actors or replicas, "
+                "against the plan's measurement)"
             )
