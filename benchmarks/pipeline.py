@@ -365,13 +365,16 @@ def run(options: BenchOptions) -> dict[str, Any]:
     def med(name: str, key: str) -> float:
         return median([r[key] for r in results[name]])
 
+    def identical(reference: str, other: str) -> int:
+        """Rows whose answer in `other`'s first run equals `reference`'s."""
+        expected, got = results[reference][0]["texts"], results[other][0]["texts"]
+        return sum(1 for key, text in expected.items() if got.get(key) == text)
+
     sequential_texts = results["sequential"][0]["texts"]
     pipeline_texts = results["pipeline"][0]["texts"]
-    same = sum(1 for key, text in sequential_texts.items() if pipeline_texts.get(key) == text)
-    worker_texts = results[CPU_WORKER][0]["texts"]
-    same_with_worker = sum(1 for key, text in pipeline_texts.items() if worker_texts.get(key) == text)
-    per_core_texts = results[per_core][0]["texts"]
-    same_per_core = sum(1 for key, text in sequential_texts.items() if per_core_texts.get(key) == text)
+    same = identical("sequential", "pipeline")
+    same_with_worker = identical("pipeline", CPU_WORKER)
+    same_per_core = identical("sequential", per_core)
     base_rate, base_wall = med("sequential", "steady_rows_per_s"), med("sequential", "wall_s")
     table_rows = [
         [

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from media import noise_image, write_image, write_manifest
+from plans import logical_operators
 
 from pipeline.actors.batching import (
     arrival_batches,
@@ -176,13 +177,9 @@ def test_cpu_stage_blocks_are_one_batch_each_so_windows_come_out_exact(tmp_path:
 
 def model_stage_operator(dataset):
     """The logical operator of the model stage in a built dataset (Ray Data's internal plan)."""
-    pending = [dataset._logical_plan.dag]
-    while pending:
-        operator = pending.pop()
-        if "GenerateStage" in operator.name:
-            return operator
-        pending.extend(operator.input_dependencies)
-    raise AssertionError("no model stage in the plan")
+    stages = [operator for operator in logical_operators(dataset) if "GenerateStage" in operator.name]
+    assert stages, "no model stage in the plan"
+    return stages[0]
 
 
 @pytest.mark.parametrize(("use_gpu", "in_flight"), [(False, 1), (True, 2)])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from media import truncated_copy, write_image, write_manifest
+from plans import logical_operators
 from reliability import assert_exactly_once
 
 pytestmark = pytest.mark.slow
@@ -34,11 +35,7 @@ def test_the_plan_has_no_cpu_pool_and_feeds_the_replicas_whole_windows(tmp_path:
     checked = check_job(spec)
     resources = StageResources(use_gpu=False, gpus_per_model_actor=0.0, cpus_per_model_actor=1.0)
     dataset = build_dataset(checked.spec, checked.plan, checked.plan.shards, resources)
-    names, pending = [], [dataset._logical_plan.dag]  # Ray Data's logical plan (internal)
-    while pending:
-        operator = pending.pop()
-        names.append(operator.name)
-        pending.extend(operator.input_dependencies)
+    names = [operator.name for operator in logical_operators(dataset)]
     assert not any("PreprocessStage" in name for name in names)
     model_stage = next(name for name in names if "GenerateStage" in name)
     assert "PrepareAndGenerateStage" in model_stage

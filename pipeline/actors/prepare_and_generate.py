@@ -44,5 +44,4 @@ class PrepareAndGenerateStage:
         step = self.rows_per_prepare
         starts = range(0, max(batch.num_rows, 1), step)  # an empty batch still yields its (empty) output
         prepared = [self.prepare(batch.slice(start, step)) for start in starts]
-        rows = pa.concat_tables(prepared, promote_options="permissive") if len(prepared) > 1 else prepared[0]
-        return self.generate(rows)
+        return self.generate(pa.concat_tables(prepared, promote_options="permissive"))
